@@ -1,0 +1,173 @@
+"""Typed run configuration: YAML files, ``--set key=value`` overrides, strict checking.
+
+A config has three sections - ``data``, ``model`` (:class:`gopt_geo.models.ModelConfig`)
+and ``train`` - plus ``seed`` and ``output_dir``. Unknown keys and values of the wrong
+type are errors that name the key (``model.prompt_dim: expected int, got 'big'``):
+a typo must never silently fall back to a default in a run that takes hours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import InputError
+from .models import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    """Where the scenes are and how they become patches."""
+
+    root: str = "data"
+    dataset: str = "scenes"  # scenes | whu_opt_sar
+    optical_bands: list[str] = field(default_factory=lambda: ["B", "G", "R", "NIR"])
+    sar_bands: list[str] = field(default_factory=lambda: ["VV", "VH"])
+    rgb_bands: list[str] = field(default_factory=lambda: ["R", "G", "B"])
+    aux_bands: list[str] | None = None  # None: every non-RGB band
+    sar_units: str = "db"  # db | linear | amplitude
+    classes: str = "whu_opt_sar"
+    scenes: dict[str, list[str]] | None = None  # explicit {train,val,test} scene names
+    patch_size: int = 256
+    batch_size: int = 8
+    train_patches: int = 512  # random training patches per epoch
+    stats_patches: int = 64
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and hardware."""
+
+    epochs: int = 20
+    max_steps: int = -1
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    class_weights: list[float] | None = None
+    class_aware_weight: float = 0.1
+    alignment_weight: float = 0.1
+    device: str = "auto"  # auto | cpu | cuda
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"  # auto: bf16/16-mixed on GPU, 32 on CPU
+    log_every_n_steps: int = 10
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    """A whole training run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    output_dir: str = "runs/default"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (ints are accepted as floats)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except InputError as err:
+                errors.append(str(err))
+        raise InputError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise InputError(f"{key}: expected a mapping, got {value!r}")
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise InputError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(f"{key}: expected a mapping, got {value!r}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    if tp is Any:
+        return value
+    raise InputError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: Any, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise InputError(
+            f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
+            f"valid keys{' in ' + prefix if prefix else ''}: {', '.join(sorted(names))}"
+        )
+    kwargs = {
+        k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()
+    }
+    return cls(**kwargs)
+
+
+def _set(tree: dict[str, Any], dotted: str, raw: str) -> None:
+    """Apply one ``key.sub=value`` override; the value is parsed as YAML."""
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise InputError(f"--set {dotted}: {k} is not a section")
+    node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or the defaults) and apply ``key=value`` overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"{path}: config file not found")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(tree, dict):
+            raise InputError(f"{path}: a config must be a mapping of sections")
+    for item in overrides or []:
+        if "=" not in item:
+            raise InputError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        _set(tree, key.strip(), raw)
+    try:
+        return _build(RunConfig, tree)
+    except InputError as err:
+        raise InputError(f"{path}: {err}" if path else str(err)) from None

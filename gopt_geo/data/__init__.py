@@ -1,0 +1,1 @@
+"""Data layer: class schemes, band routing, torchgeo datasets, synthetic scenes."""

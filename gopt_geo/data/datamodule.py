@@ -1,0 +1,120 @@
+"""The Lightning/torchgeo datamodule: whole-scene splits, patch samplers, statistics.
+
+- training patches: torchgeo ``RandomPatchSampler`` (seeded), with flips;
+- validation/test patches: ``GriddedPatchSampler`` over their own scenes;
+- splits are whole scenes (see scenes.py), so no patch is shared across splits;
+- label codes are checked against the class scheme before anything trains;
+- per-band statistics come from training patches only and end up in
+  :attr:`routing`, which the task stores in the adapter file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kornia.augmentation as K
+import torch
+from torchgeo.datamodules import GeoDataModule
+from torchgeo.datasets.utils import Sample
+from torchgeo.samplers import GriddedPatchSampler, RandomPatchSampler
+
+from .bands import BandRouting
+from .classes import WHU_OPT_SAR_CLASSES, ClassScheme
+from .normalize import band_statistics
+from .rasters import check_label_codes
+from .scenes import OpticalSarScenes
+from .whu_opt_sar import WHUOptSar
+
+DATASETS: dict[str, type[OpticalSarScenes]] = {"scenes": OpticalSarScenes, "whu_opt_sar": WHUOptSar}
+
+
+def _identity(batch: Sample) -> Sample:
+    return batch
+
+
+class OpticalSarDataModule(GeoDataModule):
+    """Optical + SAR + labels scenes for training, validation and testing."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        dataset: str = "scenes",
+        routing: BandRouting | None = None,
+        classes: ClassScheme | None = None,
+        scenes: dict[str, list[str]] | None = None,
+        batch_size: int = 8,
+        patch_size: int = 256,
+        length: int | None = None,
+        num_workers: int = 0,
+        stats_patches: int = 64,
+        seed: int = 0,
+        augment: bool = True,
+    ) -> None:
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASETS)}")
+        self.classes = classes or WHU_OPT_SAR_CLASSES
+        kwargs: dict[str, Any] = {"root": root, "scenes": scenes}
+        if routing is not None:
+            kwargs["routing"] = routing
+        if dataset == "scenes":
+            kwargs["classes"] = self.classes
+        super().__init__(
+            DATASETS[dataset],
+            batch_size=batch_size,
+            patch_size=patch_size,
+            length=length,
+            num_workers=num_workers,
+            **kwargs,
+        )
+        self.routing = routing
+        self.stats_patches = stats_patches
+        self.seed = seed
+        self.aug = _identity
+        if augment:
+            self.train_aug = K.AugmentationSequential(
+                K.RandomHorizontalFlip(), K.RandomVerticalFlip(), data_keys=None, keepdim=True
+            )
+
+    def _dataset(self, split: str) -> OpticalSarScenes:
+        ds = self.dataset_class(split=split, **self.kwargs)
+        assert isinstance(ds, OpticalSarScenes)
+        check_label_codes(ds.label_paths, self.classes)
+        if self.routing is None:
+            self.routing = ds.routing
+        return ds
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.train_dataset = self._dataset("train")
+            self.train_sampler = RandomPatchSampler(
+                self.train_dataset, size=self.patch_size, length=self.length, generator=self.seed
+            )
+            self.ensure_statistics()
+        if stage in ("fit", "validate"):
+            self.val_dataset = self._dataset("val")
+            self.val_sampler = GriddedPatchSampler(
+                self.val_dataset, size=self.patch_size, stride=self.patch_size
+            )
+        if stage == "test":
+            self.test_dataset = self._dataset("test")
+            self.test_sampler = GriddedPatchSampler(
+                self.test_dataset, size=self.patch_size, stride=self.patch_size
+            )
+
+    def ensure_statistics(self) -> BandRouting:
+        """Compute per-band statistics from training patches, unless the routing has them."""
+        assert self.routing is not None
+        if self.routing.mean and self.routing.std:
+            return self.routing
+        ds = self.train_dataset if self.train_dataset is not None else self._dataset("train")
+        sampler = RandomPatchSampler(
+            ds, size=self.patch_size, length=self.stats_patches, generator=self.seed + 1
+        )
+        mean, std = band_statistics((ds[q]["image"] for q in sampler), self.routing)
+        self.routing = self.routing.with_stats(mean, std)
+        return self.routing
+
+    def transfer_batch_to_device(self, batch: Sample, device: torch.device, dataloader_idx: int) -> Sample:
+        # bounds/transform are metadata; only tensors the model needs travel.
+        return {k: v.to(device) for k, v in batch.items() if k in ("image", "mask")}

@@ -1,0 +1,45 @@
+"""Per-band normalisation statistics, computed from training patches only.
+
+Statistics are taken after SAR is converted to dB (:meth:`BandRouting.to_db`), over
+valid pixels (NaN = nodata is skipped), and stored with the run in the adapter file, so
+prediction normalises exactly as training did. Test or validation data never feed them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from .bands import BandRouting
+
+
+def band_statistics(
+    images: Iterable[torch.Tensor], routing: BandRouting
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and standard deviation per band over valid pixels of ``images`` ([C,H,W] each).
+
+    Accumulates sums in float64 so that millions of pixels do not lose precision.
+    """
+    n = len(routing.all_bands)
+    count = torch.zeros(n, dtype=torch.float64)
+    total = torch.zeros(n, dtype=torch.float64)
+    total_sq = torch.zeros(n, dtype=torch.float64)
+    for image in images:
+        x = routing.to_db(image).reshape(n, -1).double()
+        valid = torch.isfinite(x)
+        x = torch.where(valid, x, 0.0)
+        count += valid.sum(1)
+        total += x.sum(1)
+        total_sq += (x * x).sum(1)
+    if (count == 0).any():
+        empty = [b for b, c in zip(routing.all_bands, count.tolist(), strict=True) if c == 0]
+        raise ValueError(f"no valid pixels to compute statistics for bands {empty}")
+    mean = total / count
+    var = (total_sq / count - mean * mean).clamp_min(0.0)
+    std = var.sqrt().clamp_min(1e-6)
+    names = routing.all_bands
+    return (
+        {b: float(v) for b, v in zip(names, mean.tolist(), strict=True)},
+        {b: float(v) for b, v in zip(names, std.tolist(), strict=True)},
+    )

@@ -1,0 +1,261 @@
+"""torchgeo raster datasets for optical, SAR and label scenes, and their combination.
+
+The optical raster's grid is the reference grid (DESIGN.md §1): SAR and labels are
+combined with ``&`` (torchgeo ``IntersectionDataset``, optical first) so torchgeo warps
+them onto it. Band names are given per instance because they differ between archives
+(WHU-OPT-SAR's optical band order is not documented; its SAR has one band).
+
+Rasters without a CRS (possible for WHU-OPT-SAR) are placed on a *pixel grid*: one
+unit per pixel, each scene at its own offset so that scenes never overlap in the
+index. torchgeo itself cannot index such files (it needs a CRS or GCPs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.crs import CRS
+from rasterio.transform import Affine
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from torchgeo.datasets import RasterDataset
+from torchgeo.datasets.utils import Sample
+
+from ..errors import InputError
+from .classes import IGNORE_INDEX, ClassScheme
+
+#: Stand-in CRS for rasters without one: a local engineering CRS in metres, one metre
+#: per pixel. It is never written to an output; it only lets torchgeo index the files.
+PIXEL_GRID_CRS = CRS.from_wkt('LOCAL_CS["pixel grid",UNIT["metre",1]]')
+
+
+def open_raster(path: str | Path) -> rasterio.DatasetReader:
+    """Open a raster, turning rasterio's errors into one line that names the file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    try:
+        return rasterio.open(path)
+    except rasterio.errors.RasterioIOError as err:
+        raise InputError(f"{path}: not a readable raster ({str(err).splitlines()[0]})") from None
+
+
+def check_band_count(path: str | Path, expected: Sequence[str], role: str) -> None:
+    """Fail when a raster has fewer bands than the names configured for it."""
+    with open_raster(path) as src:
+        if src.count < len(expected):
+            raise InputError(
+                f"{path}: {role} raster has {src.count} band(s), but {len(expected)} are "
+                f"configured ({', '.join(expected)})"
+            )
+
+
+def bounds_in(path: str | Path, crs: CRS | None) -> tuple[float, float, float, float]:
+    """The raster's bounds, in ``crs`` when both have a CRS."""
+    with open_raster(path) as src:
+        if crs is None or src.crs is None or src.crs == crs:
+            return tuple(src.bounds)  # type: ignore[return-value]
+        return transform_bounds(src.crs, crs, *src.bounds, densify_pts=21)
+
+
+def check_overlap(optical: str | Path, other: str | Path, role: str = "SAR") -> None:
+    """Fail with a clear message when ``other`` does not overlap the optical raster.
+
+    Also refuses mixing a raster without CRS with one that has a CRS: there is no way
+    to know where one lies relative to the other.
+    """
+    with open_raster(optical) as o, open_raster(other) as s:
+        if (o.crs is None) != (s.crs is None):
+            missing, has = (optical, other) if o.crs is None else (other, optical)
+            raise InputError(
+                f"{missing}: raster has no CRS, but {has} has one; cannot place them relative "
+                "to each other (give both a CRS, or neither)"
+            )
+        ob = _ordered(tuple(o.bounds))
+        sb = _ordered(bounds_in(other, o.crs))
+    if sb[0] >= ob[2] or sb[2] <= ob[0] or sb[1] >= ob[3] or sb[3] <= ob[1]:
+        raise InputError(f"{other}: {role} raster does not overlap the optical raster {optical}")
+
+
+def _ordered(b: tuple[float, ...]) -> tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) whatever the transform's orientation (no-CRS files are y-down)."""
+    return min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])
+
+
+class BandedRaster(RasterDataset):
+    """A RasterDataset whose band names are chosen per instance.
+
+    ``band_names`` names the file's bands in order (the file may have more bands; the
+    first ones are read). Explicit files are checked up front, so a missing, unreadable
+    or too-small file is reported by name instead of being skipped silently, as
+    torchgeo does with unreadable files.
+    """
+
+    filename_glob = "*.tif"
+    all_bands: tuple[str, ...] = ()
+    role = "raster"
+
+    def __init__(
+        self,
+        paths: Path | Iterable[Path],
+        band_names: Sequence[str] | None = None,
+        crs: Any = None,
+        res: float | tuple[float, float] | None = None,
+        transforms: Callable[[Sample], Sample] | None = None,
+        pixel_grid_offsets: dict[str, tuple[float, float]] | None = None,
+        cache: bool = True,
+    ) -> None:
+        if band_names is not None:
+            self.all_bands = tuple(band_names)
+        self.pixel_grid_offsets = pixel_grid_offsets or {}
+        files = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
+        for f in files:
+            if f.suffix.lower() in {".tif", ".tiff"} or not f.is_dir():
+                check_band_count(f, self.all_bands, self.role)
+        super().__init__(
+            [str(f) for f in files],
+            crs=crs,
+            res=res,
+            bands=self.all_bands or None,
+            transforms=transforms,
+            cache=cache,
+        )
+
+    def _load_warp_file(self, filepath: Path, crs: Any = None) -> Any:
+        """Place rasters without a CRS on the pixel grid; defer to torchgeo otherwise."""
+        src = rasterio.open(filepath)
+        if src.crs is not None:
+            src.close()
+            return super()._load_warp_file(filepath, crs)
+        xoff, yoff = self.pixel_grid_offsets.get(Path(filepath).stem, (0.0, 0.0))
+        transform = Affine(1.0, 0.0, xoff, 0.0, -1.0, yoff)
+        return WarpedVRT(
+            src,
+            src_crs=PIXEL_GRID_CRS,
+            src_transform=transform,
+            crs=PIXEL_GRID_CRS,
+            transform=transform,
+            width=src.width,
+            height=src.height,
+        )
+
+
+class OpticalRaster(BandedRaster):
+    """Optical reflectance (default band names: B, G, R, NIR)."""
+
+    all_bands = ("B", "G", "R", "NIR")
+    rgb_bands = ("R", "G", "B")
+    role = "optical"
+
+
+class SarRaster(BandedRaster):
+    """SAR backscatter (default band names: VV, VH); warped onto the optical grid."""
+
+    all_bands = ("VV", "VH")
+    role = "SAR"
+
+
+class LabelRaster(BandedRaster):
+    """Land-cover codes on the optical grid (nearest-neighbour, integer)."""
+
+    all_bands = ("label",)
+    is_image = False
+    role = "label"
+
+
+def collate_intersection(samples: Sequence[Sample]) -> Sample:
+    """Join samples of the same patch from several datasets.
+
+    Images are stacked along channels in dataset order (optical first), the mask is
+    taken from whichever dataset has one, and ``bounds``/``transform`` from the first:
+    torchgeo's default ``concat_samples`` concatenates those too (9 -> 18 -> 27 values).
+    """
+    out: Sample = {"bounds": samples[0]["bounds"], "transform": samples[0]["transform"]}
+    images = [s["image"] for s in samples if "image" in s]
+    if images:
+        out["image"] = torch.cat(images, dim=-3)
+    for s in samples:
+        if "mask" in s:
+            out["mask"] = s["mask"]
+    return out
+
+
+class SampleCleaner:
+    """Turns a raw joined sample into a training sample.
+
+    - pixels that are optical nodata, SAR nodata or outside the SAR footprint become
+      NaN in the image (see :meth:`BandRouting.prepare`) and IGNORE_INDEX in the mask;
+    - label codes become contiguous class indices (unknown codes are ignored; the
+      datamodule refuses them up front with :func:`check_label_codes`).
+    """
+
+    def __init__(
+        self,
+        n_optical: int,
+        optical_nodata: float | None,
+        sar_nodata: float | None,
+        scheme: ClassScheme,
+    ) -> None:
+        self.n_optical = n_optical
+        self.optical_nodata = optical_nodata
+        self.sar_nodata = sar_nodata
+        self.lut = torch.from_numpy(scheme.code_to_index_lut().astype(np.int64))
+
+    def invalid(self, image: torch.Tensor) -> torch.Tensor:
+        opt, sar = image[: self.n_optical], image[self.n_optical :]
+        bad = torch.isnan(image).any(0)
+        if self.optical_nodata is not None:
+            bad |= (opt == self.optical_nodata).all(0)
+        if self.sar_nodata is not None and sar.shape[0]:
+            bad |= (sar == self.sar_nodata).any(0)
+        return bad
+
+    def __call__(self, sample: Sample) -> Sample:
+        image = sample["image"].float()
+        bad = self.invalid(image)
+        image[:, bad] = float("nan")
+        sample["image"] = image
+        if "mask" in sample:
+            codes = sample["mask"].long().clamp(0, 255)
+            mask = self.lut[codes]
+            mask[bad] = IGNORE_INDEX
+            sample["mask"] = mask
+        return sample
+
+
+def check_label_codes(paths: Iterable[str | Path], scheme: ClassScheme) -> None:
+    """Fail when a label raster holds codes outside the class scheme, listing them."""
+    valid = scheme.valid_codes()
+    for path in paths:
+        with open_raster(path) as src:
+            seen = np.zeros(1 << 16, dtype=bool)
+            nodata = src.nodata
+            for _, window in src.block_windows(1):
+                block = src.read(1, window=window)
+                if nodata is not None:
+                    block = block[block != nodata]
+                if block.size:
+                    if block.min() < 0 or block.max() >= seen.size:
+                        raise InputError(
+                            f"{path}: label values outside the code map "
+                            f"(valid: {sorted(valid)}); found {int(block.min())}..{int(block.max())}"
+                        )
+                    seen[np.unique(block).astype(np.int64)] = True
+            bad = sorted(set(np.flatnonzero(seen).tolist()) - valid)
+            if bad:
+                raise InputError(
+                    f"{path}: label values {bad} are outside the code map (valid: {sorted(valid)})"
+                )
+
+
+def read_nodata(paths: Sequence[str | Path]) -> float | None:
+    """The nodata value of the first file (files of one role share it)."""
+    if not paths:
+        return None
+    with open_raster(paths[0]) as src:
+        return src.nodata
