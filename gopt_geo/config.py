@@ -132,9 +132,7 @@ def _build(cls: Any, values: dict[str, Any], prefix: str = "") -> Any:
             f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
             f"valid keys{' in ' + prefix if prefix else ''}: {', '.join(sorted(names))}"
         )
-    kwargs = {
-        k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()
-    }
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()}
     return cls(**kwargs)
 
 

@@ -50,12 +50,16 @@ class BandRouting:
     std: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.aux is None:  # resolve the default once, so equal routings compare equal
+            object.__setattr__(self, "aux", tuple(b for b in self.all_bands if b not in self.rgb))
         names = self.all_bands
         if len(set(names)) != len(names):
             raise ValueError(f"band names must be unique across optical and SAR: {names}")
         missing = [b for b in (*self.rgb, *self.aux_bands) if b not in names]
         if missing:
-            raise ValueError(f"bands {missing} are routed to the model but not in the inputs {names}")
+            raise ValueError(
+                f"bands {missing} are routed to the model but not in the inputs {names}"
+            )
 
     @property
     def all_bands(self) -> tuple[str, ...]:
@@ -64,9 +68,8 @@ class BandRouting:
 
     @property
     def aux_bands(self) -> tuple[str, ...]:
-        if self.aux is not None:
-            return self.aux
-        return tuple(b for b in self.all_bands if b not in self.rgb)
+        assert self.aux is not None  # resolved in __post_init__
+        return self.aux
 
     @property
     def num_aux(self) -> int:
@@ -74,7 +77,13 @@ class BandRouting:
 
     def with_stats(self, mean: dict[str, float], std: dict[str, float]) -> BandRouting:
         return BandRouting(
-            self.optical_bands, self.sar_bands, self.rgb, self.aux, self.sar_units, dict(mean), dict(std)
+            self.optical_bands,
+            self.sar_bands,
+            self.rgb,
+            self.aux,
+            self.sar_units,
+            dict(mean),
+            dict(std),
         )
 
     def to_db(self, image: torch.Tensor) -> torch.Tensor:
@@ -83,7 +92,9 @@ class BandRouting:
         n_opt = len(self.optical_bands)
         if self.sar_units == "db" or not self.sar_bands:
             return image
-        return torch.cat([image[..., :n_opt, :, :], sar_to_db(image[..., n_opt:, :, :], self.sar_units)], dim=-3)
+        return torch.cat(
+            [image[..., :n_opt, :, :], sar_to_db(image[..., n_opt:, :, :], self.sar_units)], dim=-3
+        )
 
     def prepare(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Split a stacked image [B, C, H, W] into normalised (rgb [B,3,H,W], aux [B,A,H,W]).
@@ -93,7 +104,8 @@ class BandRouting:
         """
         if image.shape[-3] != len(self.all_bands):
             raise ValueError(
-                f"image has {image.shape[-3]} bands, routing expects {len(self.all_bands)}: {self.all_bands}"
+                f"image has {image.shape[-3]} bands, routing expects "
+                f"{len(self.all_bands)}: {self.all_bands}"
             )
         x = self.to_db(image)
         index = {b: i for i, b in enumerate(self.all_bands)}

@@ -77,7 +77,9 @@ class ClassScheme:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "classes": [{"code": c.code, "name": c.name, "color": list(c.color)} for c in self.classes],
+            "classes": [
+                {"code": c.code, "name": c.name, "color": list(c.color)} for c in self.classes
+            ],
             "ignore_code": self.ignore_code,
             "ignore_name": self.ignore_name,
         }

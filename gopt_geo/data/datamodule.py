@@ -115,6 +115,8 @@ class OpticalSarDataModule(GeoDataModule):
         self.routing = self.routing.with_stats(mean, std)
         return self.routing
 
-    def transfer_batch_to_device(self, batch: Sample, device: torch.device, dataloader_idx: int) -> Sample:
+    def transfer_batch_to_device(
+        self, batch: Sample, device: torch.device, dataloader_idx: int
+    ) -> Sample:
         # bounds/transform are metadata; only tensors the model needs travel.
         return {k: v.to(device) for k, v in batch.items() if k in ("image", "mask")}

@@ -243,7 +243,8 @@ def check_label_codes(paths: Iterable[str | Path], scheme: ClassScheme) -> None:
                     if block.min() < 0 or block.max() >= seen.size:
                         raise InputError(
                             f"{path}: label values outside the code map "
-                            f"(valid: {sorted(valid)}); found {int(block.min())}..{int(block.max())}"
+                            f"(valid: {sorted(valid)}); "
+                            f"found {int(block.min())}..{int(block.max())}"
                         )
                     seen[np.unique(block).astype(np.int64)] = True
             bad = sorted(set(np.flatnonzero(seen).tolist()) - valid)

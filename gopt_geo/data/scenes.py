@@ -95,14 +95,17 @@ class OpticalSarScenes(IntersectionDataset):
             check_overlap(o, s, "SAR")
         offsets = self.pixel_grid_offsets()
         opt_ds = OpticalRaster(optical, self.routing.optical_bands, pixel_grid_offsets=offsets)
-        sar_ds = SarRaster(sar, self.routing.sar_bands, pixel_grid_offsets=offsets)
+        # SAR and labels are indexed on the optical grid from the start (torchgeo would
+        # otherwise re-index them, and print about it, when they are intersected)
+        grid = {"crs": opt_ds.crs, "res": opt_ds.res, "pixel_grid_offsets": offsets}
+        sar_ds = SarRaster(sar, self.routing.sar_bands, **grid)
         joined: Any = IntersectionDataset(
             opt_ds, sar_ds, spatial_only=True, collate_fn=collate_intersection
         )
         self.label_paths: list[Path] = []
         if labels:
             self.label_paths = [self.scene_path(self.label_dir, n) for n in self.scene_names]
-            lab_ds = LabelRaster(self.label_paths, pixel_grid_offsets=offsets)
+            lab_ds = LabelRaster(self.label_paths, **grid)
             first, second = joined, lab_ds
         else:
             first, second = opt_ds, sar_ds
@@ -140,9 +143,7 @@ class OpticalSarScenes(IntersectionDataset):
 
     def _verify(self) -> None:
         """Check that the folder layout exists, naming what is missing."""
-        missing = [
-            d for d in (self.optical_dir, self.sar_dir) if not (self.root / d).is_dir()
-        ]
+        missing = [d for d in (self.optical_dir, self.sar_dir) if not (self.root / d).is_dir()]
         if missing:
             raise InputError(
                 f"{self.root}: expected folders {self.optical_dir}/, {self.sar_dir}/ and "
@@ -172,5 +173,3 @@ class OpticalSarScenes(IntersectionDataset):
         from .plotting import plot_sample
 
         return plot_sample(sample, self.routing, self.classes, show_titles, suptitle)
-
-

@@ -116,8 +116,11 @@ class WHUOptSar(OpticalSarScenes):
         official = official_split()
         train = official["train"]
         n_val = self.val_scenes
-        return {"train": train[: len(train) - n_val], "val": train[len(train) - n_val :],
-                "test": official["test"]}
+        return {
+            "train": train[: len(train) - n_val],
+            "val": train[len(train) - n_val :],
+            "test": official["test"],
+        }
 
     def _verify(self) -> None:
         """Every folder and every scene of the official split must be there."""
@@ -126,8 +129,11 @@ class WHUOptSar(OpticalSarScenes):
             f"<scene>.tif for the 100 scenes of the official split; get the data from "
             f"{self.sources}"
         )
-        dirs = [d for d in (self.optical_dir, self.sar_dir, self.label_dir)
-                if not (self.root / d).is_dir()]
+        dirs = [
+            d
+            for d in (self.optical_dir, self.sar_dir, self.label_dir)
+            if not (self.root / d).is_dir()
+        ]
         if dirs:
             raise WHUOptSarNotFoundError(
                 f"WHU-OPT-SAR not found: {self.root} lacks {', '.join(d + '/' for d in dirs)}; "
@@ -148,9 +154,7 @@ class WHUOptSar(OpticalSarScenes):
                 f"({shown}); " + layout
             )
 
-    def plot(
-        self, sample: Sample, show_titles: bool = True, suptitle: str | None = None
-    ) -> Any:
+    def plot(self, sample: Sample, show_titles: bool = True, suptitle: str | None = None) -> Any:
         """Optical RGB, SAR and labels (and ``prediction`` if present) side by side."""
         return super().plot(sample, show_titles, suptitle)
 

@@ -1,0 +1,110 @@
+"""Shared test helpers: tiny georeferenced rasters written on the fly.
+
+Tests keep torch to one thread: the suite runs on 2 shared cores, and tiny models gain
+nothing from more.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+from rasterio.warp import calculate_default_transform, reproject
+
+torch.set_num_threads(1)
+
+UTM = "EPSG:32649"
+
+
+def write_raster(
+    path: Path,
+    data: np.ndarray,
+    crs: str | None = UTM,
+    transform: rasterio.Affine | None = None,
+    nodata: float | None = None,
+    descriptions: tuple[str, ...] | None = None,
+) -> Path:
+    """Write a [C, H, W] (or [H, W]) array as a GeoTIFF."""
+    if data.ndim == 2:
+        data = data[None]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile = {
+        "driver": "GTiff",
+        "width": data.shape[2],
+        "height": data.shape[1],
+        "count": data.shape[0],
+        "dtype": data.dtype,
+        "nodata": nodata,
+    }
+    if crs is not None:
+        profile["crs"] = crs
+        profile["transform"] = transform or from_origin(500_000, 3_400_000, 10, 10)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if descriptions:
+            dst.descriptions = descriptions
+    return path
+
+
+def to_wgs84(
+    out: Path, data: np.ndarray, src_transform: rasterio.Affine, nodata: float = -9999.0
+) -> Path:
+    """Reproject a float array on the UTM grid to EPSG:4326 (coarser), as the SAR files are."""
+    h, w = data.shape[1:]
+    left, top = src_transform.c, src_transform.f
+    right, bottom = left + w * src_transform.a, top + h * src_transform.e
+    dst_t, dw, dh = calculate_default_transform(
+        UTM, "EPSG:4326", w, h, left, bottom, right, top, resolution=None
+    )
+    # a coarser grid than the optical one: 1.5x the default resolution
+    dst_t = rasterio.Affine(dst_t.a * 1.5, 0, dst_t.c, 0, dst_t.e * 1.5, dst_t.f)
+    dw, dh = int(np.ceil(dw / 1.5)), int(np.ceil(dh / 1.5))
+    dst = np.full((data.shape[0], dh, dw), nodata, dtype=np.float32)
+    reproject(
+        data.astype(np.float32),
+        dst,
+        src_transform=src_transform,
+        src_crs=UTM,
+        dst_transform=dst_t,
+        dst_crs="EPSG:4326",
+        dst_nodata=nodata,
+    )
+    return write_raster(out, dst, crs="EPSG:4326", transform=dst_t, nodata=nodata)
+
+
+def write_scene(
+    root: Path,
+    name: str,
+    *,
+    size: int = 64,
+    origin: tuple[float, float] = (500_000, 3_400_000),
+    labels: np.ndarray | None = None,
+    seed: int = 0,
+    optical_bands: int = 4,
+) -> dict[str, Path]:
+    """One scene in the folder layout: optical (UTM, uint16), SAR (EPSG:4326), labels."""
+    rng = np.random.default_rng(seed)
+    t = from_origin(origin[0], origin[1], 10, 10)
+    if labels is None:
+        # 8x8-pixel blocks of random codes: coherent patches, like land cover
+        blocks = rng.integers(1, 8, (size // 8 + 1, size // 8 + 1)) * 10
+        labels = np.kron(blocks, np.ones((8, 8)))[:size, :size].astype(np.uint8)
+    optical = (rng.integers(200, 4000, (optical_bands, size, size))).astype(np.uint16)
+    sar = np.stack([labels / 10.0 - 20, labels / 20.0 - 25]).astype(np.float32)
+    return {
+        "optical": write_raster(root / "optical" / f"{name}.tif", optical, transform=t, nodata=0),
+        "sar": to_wgs84(root / "sar" / f"{name}.tif", sar, t),
+        "labels": write_raster(root / "labels" / f"{name}.tif", labels, transform=t),
+    }
+
+
+@pytest.fixture
+def scene_root(tmp_path: Path) -> Path:
+    """Three disjoint 64x64 scenes: enough for a train/val/test split by scene."""
+    for i in range(3):
+        write_scene(tmp_path, f"scene_{i}", origin=(500_000 + 5_000 * i, 3_400_000), seed=i)
+    return tmp_path

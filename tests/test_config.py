@@ -1,0 +1,57 @@
+"""Config loading: defaults, YAML, overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gopt_geo.config import load_config
+from gopt_geo.errors import InputError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_overrides_are_typed(tmp_path: Path) -> None:
+    cfg = load_config(
+        None,
+        [
+            "model.prompt_dim=32",
+            "train.lr=0.01",
+            "data.root=/x",
+            "data.aux_bands=[NIR, VV]",
+            "train.class_weights=null",
+        ],
+    )
+    assert cfg.model.prompt_dim == 32 and cfg.train.lr == 0.01
+    assert cfg.data.root == "/x" and cfg.data.aux_bands == ["NIR", "VV"]
+    assert cfg.train.class_weights is None
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  promt_dim: 32\n")
+    with pytest.raises(
+        InputError,
+        match=r"c.yaml: unknown config key\(s\) model.promt_dim; "
+        r"valid keys in model: .*prompt_dim",
+    ):
+        load_config(path)
+
+
+def test_wrong_type_is_named(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"model.prompt_dim: expected int, got 'big'"):
+        load_config(None, ["model.prompt_dim=big"])
+    with pytest.raises(InputError, match=r"train.lr: expected float, got \[1, 2\]"):
+        load_config(None, ["train.lr=[1, 2]"])
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"nope.yaml: config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.model.variant in {"gopt", "optical_only", "early_fusion", "static_prompt"}
