@@ -7,6 +7,7 @@ file and the problem and exit with status 2, without a traceback.
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -76,6 +77,172 @@ def summary(
     from .data.summary import summarize_scenes
 
     _echo(summarize_scenes(root))
+
+
+@app.command()
+@user_errors
+def train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run config (YAML).")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config value: key.sub=value (repeatable)."),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = False,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    devices: Annotated[int | None, typer.Option(help="Devices per node (Lightning).")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Nodes (Lightning).")] = None,
+    strategy: Annotated[str | None, typer.Option(help="Lightning strategy, e.g. ddp.")] = None,
+) -> None:
+    """Train GoPT (or a baseline) on the configured scenes; writes the adapter of the best epoch."""
+    from .config import load_config
+    from .training import train as run_training
+
+    overrides = list(set_ or [])
+    for key, value in (
+        ("device", device),
+        ("devices", devices),
+        ("num_nodes", num_nodes),
+        ("strategy", strategy),
+    ):
+        if value is not None:
+            overrides.append(f"train.{key}={value}")
+    cfg = load_config(config, overrides)
+    result = run_training(cfg, resume=resume, log=_echo)
+    _echo(f"trained in {result.seconds:.0f} s; outputs in {result.output_dir}")
+    _echo(f"  adapter (best epoch): {result.adapter}")
+    if "val" in result.metrics:
+        from .evaluation import Metrics
+
+        _echo("  validation: " + Metrics(**result.metrics["val"]).summary())
+
+
+@app.command()
+@user_errors
+def evaluate(
+    prediction: Annotated[
+        Path | None, typer.Argument(help="A predicted class map (GeoTIFF) to score.")
+    ] = None,
+    reference: Annotated[
+        Path | None, typer.Argument(help="Reference class raster (warped onto the map's grid).")
+    ] = None,
+    model: Annotated[Path | None, typer.Option(help="Adapter file to evaluate.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Run config.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Config override.")] = None,
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Metrics JSON.")] = None,
+) -> None:
+    """Score a model on a data split (--model, --config), or a class map against a reference."""
+    from .evaluation import evaluate_maps
+
+    if prediction is not None:
+        if reference is None or model is not None:
+            raise GoptGeoError(
+                "give a predicted map and a reference raster, or --model and --config"
+            )
+        metrics = evaluate_maps(prediction, reference)
+        default_out = prediction.with_suffix(".metrics.json")
+    else:
+        if model is None or config is None:
+            raise GoptGeoError("give --model ADAPTER and --config FILE (or PRED.tif REFERENCE.tif)")
+        from .config import load_config
+        from .training import evaluate_model
+
+        cfg = load_config(config, set_)
+        metrics = evaluate_model(model, cfg, split=split, device=device)
+        default_out = Path(cfg.output_dir) / f"metrics-{split}.json"
+    _echo(metrics.summary())
+    for name, iou, acc in zip(metrics.class_names, metrics.iou, metrics.accuracy, strict=False):
+        _echo(f"  {name:<12} IoU {100 * iou:6.2f}  acc {100 * acc:6.2f}")
+    out = output or default_out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics.to_dict(), indent=2))
+    _echo(f"metrics written to {out}")
+
+
+@app.command()
+@user_errors
+def predict(
+    scene: Annotated[
+        Path, typer.Argument(help="Optical scene (GeoTIFF); its grid is the output grid.")
+    ],
+    sar: Annotated[
+        Path, typer.Option(help="SAR raster (any CRS/resolution overlapping the scene).")
+    ],
+    model: Annotated[Path, typer.Option(help="Adapter file (.safetensors) from `gopt-geo train`.")],
+    out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="Output folder.")] = Path("."),
+    window: Annotated[int, typer.Option(help="Window size in pixels.")] = 512,
+    overlap: Annotated[
+        float, typer.Option(help="Overlap between windows, 0 <= overlap < 1.")
+    ] = 0.25,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 4,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    probabilities: Annotated[
+        bool, typer.Option(help="Also write per-class probabilities.")
+    ] = False,
+    confidence: Annotated[bool, typer.Option(help="Write the confidence map.")] = True,
+    vector: Annotated[str, typer.Option(help="gpkg, parquet, geojson or none.")] = "gpkg",
+    min_area: Annotated[float, typer.Option(help="Drop polygons smaller than this (m^2).")] = 0.0,
+    simplify: Annotated[float, typer.Option(help="Simplification tolerance (map units).")] = 0.0,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Map a whole scene: class map COG, confidence, vector land cover and a run report."""
+    from .inference.predictor import predict_scene
+
+    if vector not in ("gpkg", "parquet", "geojson", "none"):
+        raise GoptGeoError(f"--vector {vector!r}: expected gpkg, parquet, geojson or none")
+    result = predict_scene(
+        scene,
+        sar,
+        model,
+        out_dir,
+        device=device,
+        window=window,
+        overlap=overlap,
+        batch_size=batch_size,
+        probabilities=probabilities,
+        confidence=confidence,
+        vector=None if vector == "none" else vector,
+        min_area=min_area,
+        simplify=simplify,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    _echo(str(result))
+
+
+@app.command()
+@user_errors
+def vectorize(
+    class_map: Annotated[Path, typer.Argument(help="A class map GeoTIFF.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help=".gpkg, .parquet or .geojson")],
+    min_area: Annotated[float, typer.Option(help="Drop polygons smaller than this (m^2).")] = 0.0,
+    simplify: Annotated[float, typer.Option(help="Simplification tolerance (map units).")] = 0.0,
+    block_size: Annotated[int, typer.Option(help="Rows per block (memory bound).")] = 2048,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+) -> None:
+    """Polygonise a class map into vector land cover (dissolved per class, seams merged)."""
+    from .inference.vectorize import vectorize as run_vectorize
+
+    result = run_vectorize(
+        class_map,
+        output,
+        min_area=min_area,
+        simplify=simplify,
+        block_size=block_size,
+        overwrite=overwrite,
+    )
+    _echo(str(result))
+
+
+@app.command()
+@user_errors
+def info(adapter: Annotated[Path, typer.Argument(help="Adapter file (.safetensors).")]) -> None:
+    """What a model is: backbone and weights, bands, classes, parameters, metrics."""
+    from .checkpoint import describe_adapter
+
+    _echo(describe_adapter(adapter))
 
 
 def main() -> None:  # pragma: no cover - console entry point

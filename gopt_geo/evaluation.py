@@ -13,12 +13,13 @@ columns = prediction, ignored pixels never enter the matrix):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .data.classes import IGNORE_INDEX
+from .data.classes import IGNORE_INDEX, ClassScheme
 
 
 def confusion_matrix(
@@ -88,3 +89,66 @@ def metrics_from_confusion(cm: np.ndarray, class_names: list[str] | None = None)
         pixels=int(total),
         class_names=list(class_names or []),
     )
+
+
+def evaluate_maps(
+    prediction: str | Path,
+    reference: str | Path,
+    classes: ClassScheme | None = None,
+    block_rows: int = 512,
+) -> Metrics:
+    """Compare a predicted class map with a reference raster, on the prediction's grid.
+
+    The reference is warped onto the prediction's grid with nearest-neighbour when the
+    grids differ (a ``WarpedVRT``, read strip by strip, so memory stays flat). Pixels
+    that are nodata in either raster, or the reference's ignore code, are skipped.
+    Codes become class indices through the scheme embedded in the prediction (or
+    ``classes``; WHU-OPT-SAR's by default).
+    """
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+    from rasterio.windows import Window
+
+    from .data.classes import WHU_OPT_SAR_CLASSES
+    from .data.rasters import check_overlap, open_raster
+    from .inference.writers import read_class_scheme
+
+    check_overlap(prediction, reference, "reference")
+    with open_raster(prediction) as pred, open_raster(reference) as ref:
+        scheme = classes or read_class_scheme(pred) or WHU_OPT_SAR_CLASSES
+        lut = scheme.code_to_index_lut().astype(np.int64)
+        same_grid = (
+            ref.crs == pred.crs and ref.transform == pred.transform and ref.shape == pred.shape
+        )
+        src = (
+            ref
+            if same_grid
+            else WarpedVRT(
+                ref,
+                crs=pred.crs,
+                transform=pred.transform,
+                width=pred.width,
+                height=pred.height,
+                resampling=Resampling.nearest,
+                nodata=ref.nodata,
+            )
+        )
+        cm = np.zeros((scheme.num_classes, scheme.num_classes), dtype=np.int64)
+        try:
+            for row in range(0, pred.height, block_rows):
+                win = Window(0, row, pred.width, min(block_rows, pred.height - row))
+                p = pred.read(1, window=win)
+                r = src.read(1, window=win)
+                valid = np.ones(p.shape, dtype=bool)
+                if pred.nodata is not None:
+                    valid &= p != pred.nodata
+                if ref.nodata is not None:
+                    valid &= r != ref.nodata
+                pi = lut[np.clip(p, 0, 255).astype(np.int64)]
+                ri = lut[np.clip(r, 0, 255).astype(np.int64)]
+                ri[~valid] = IGNORE_INDEX
+                cm += confusion_matrix(ri, pi, scheme.num_classes)
+        finally:
+            if src is not ref:
+                src.close()
+    return metrics_from_confusion(cm, scheme.names)

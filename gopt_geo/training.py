@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,15 +84,24 @@ class GoPTTask(BaseTask):
         optimizer = torch.optim.AdamW(
             params, lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
         )
-        if self.trainer is not None and self.trainer.max_steps and self.trainer.max_steps > 0:
-            total = self.trainer.max_steps
-        elif self.trainer is not None:
-            total = max(1, int(self.trainer.estimated_stepping_batches))
+        trainer = self._trainer  # None outside fit (e.g. when inspecting the optimiser)
+        if trainer is not None and trainer.max_steps and trainer.max_steps > 0:
+            total = trainer.max_steps
+        elif trainer is not None:
+            total = max(1, int(trainer.estimated_stepping_batches))
         else:
             total = 1000
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.hparams["lr"], total_steps=total, pct_start=0.1
-        )
+        warmup = max(1, total // 10)
+
+        def schedule(step: int) -> float:
+            # linear warm-up, then cosine decay; a lambda (not OneCycleLR) so that a run
+            # resumed with more epochs recomputes its horizon instead of overrunning it
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
@@ -298,7 +308,7 @@ def train(cfg: RunConfig, resume: bool = False, log: Any = print) -> TrainResult
             "data_root": str(Path(cfg.data.root).resolve()),
             "dataset": cfg.data.dataset,
             "train_scenes": dm.train_dataset.scene_names,  # type: ignore[union-attr]
-            "val_scenes": dm._dataset("val").scene_names,
+            "val_scenes": dm.split_dataset("val").scene_names,
             "gopt_geo_version": __version__,
         },
     }
@@ -343,3 +353,45 @@ def train(cfg: RunConfig, resume: bool = False, log: Any = print) -> TrainResult
         str(report),
         seconds,
     )
+
+
+def evaluate_model(
+    adapter: str | Path,
+    cfg: RunConfig,
+    split: str = "test",
+    device: str = "auto",
+    progress: bool = True,
+) -> Metrics:
+    """Metrics of an adapter on a split of the configured data (gridded patches).
+
+    The adapter's routing (bands, statistics) is used, not the config's: the model must
+    see its inputs exactly as in training.
+    """
+    from torch.utils.data import DataLoader
+    from torchgeo.datasets.utils import stack_samples
+    from torchgeo.samplers import GriddedPatchSampler
+    from tqdm import tqdm
+
+    from .checkpoint import load_adapter
+
+    if split not in ("train", "val", "test"):
+        raise InputError(f"--split {split!r}: expected train, val or test")
+    dev = torch.device("cuda" if accelerator_for(device) == "gpu" else "cpu")
+    model, meta = load_adapter(adapter, map_location=dev)
+    dm = datamodule_for(cfg, routing=meta.routing)
+    ds = dm.split_dataset(split)
+    loader = DataLoader(
+        ds,
+        batch_size=cfg.data.batch_size,
+        sampler=GriddedPatchSampler(ds, size=cfg.data.patch_size),
+        collate_fn=stack_samples,
+        num_workers=cfg.data.num_workers,
+    )
+    cm = np.zeros((meta.classes.num_classes,) * 2, dtype=np.int64)
+    model.eval()
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=f"evaluate {split}", disable=not progress, unit="batch"):
+            rgb, aux = meta.routing.prepare(batch["image"].to(dev))
+            pred = model(rgb, aux).logits.argmax(1)
+            cm += confusion_matrix(batch["mask"], pred.cpu(), meta.classes.num_classes)
+    return metrics_from_confusion(cm, meta.classes.names)

@@ -76,7 +76,7 @@ class OpticalSarDataModule(GeoDataModule):
                 K.RandomHorizontalFlip(), K.RandomVerticalFlip(), data_keys=None, keepdim=True
             )
 
-    def _dataset(self, split: str) -> OpticalSarScenes:
+    def split_dataset(self, split: str) -> OpticalSarScenes:
         ds = self.dataset_class(split=split, **self.kwargs)
         assert isinstance(ds, OpticalSarScenes)
         check_label_codes(ds.label_paths, self.classes)
@@ -86,18 +86,18 @@ class OpticalSarDataModule(GeoDataModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
-            self.train_dataset = self._dataset("train")
+            self.train_dataset = self.split_dataset("train")
             self.train_sampler = RandomPatchSampler(
                 self.train_dataset, size=self.patch_size, length=self.length, generator=self.seed
             )
             self.ensure_statistics()
         if stage in ("fit", "validate"):
-            self.val_dataset = self._dataset("val")
+            self.val_dataset = self.split_dataset("val")
             self.val_sampler = GriddedPatchSampler(
                 self.val_dataset, size=self.patch_size, stride=self.patch_size
             )
         if stage == "test":
-            self.test_dataset = self._dataset("test")
+            self.test_dataset = self.split_dataset("test")
             self.test_sampler = GriddedPatchSampler(
                 self.test_dataset, size=self.patch_size, stride=self.patch_size
             )
@@ -107,7 +107,7 @@ class OpticalSarDataModule(GeoDataModule):
         assert self.routing is not None
         if self.routing.mean and self.routing.std:
             return self.routing
-        ds = self.train_dataset if self.train_dataset is not None else self._dataset("train")
+        ds = self.train_dataset if self.train_dataset is not None else self.split_dataset("train")
         sampler = RandomPatchSampler(
             ds, size=self.patch_size, length=self.stats_patches, generator=self.seed + 1
         )
