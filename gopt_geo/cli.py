@@ -245,6 +245,26 @@ def info(adapter: Annotated[Path, typer.Argument(help="Adapter file (.safetensor
     _echo(describe_adapter(adapter))
 
 
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo-output"),
+    fast: Annotated[
+        bool, typer.Option(help="Smaller scenes, fewer steps (about 1-3 min).")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace OUT even if it is not a previous demo's folder.")
+    ] = False,
+) -> None:
+    """Run the whole chain on synthetic cloudy scenes: GoPT vs the optical-only baseline."""
+    from .demo import run_demo
+
+    result = run_demo(out, fast=fast, overwrite=overwrite, device=device, log=_echo)
+    _echo("")
+    _echo(result.report_markdown.read_text())
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .data.classes import IGNORE_INDEX, ClassScheme
+from .errors import InputError
 
 
 def confusion_matrix(
@@ -96,6 +97,7 @@ def evaluate_maps(
     reference: str | Path,
     classes: ClassScheme | None = None,
     block_rows: int = 512,
+    within: str | Path | None = None,
 ) -> Metrics:
     """Compare a predicted class map with a reference raster, on the prediction's grid.
 
@@ -103,7 +105,8 @@ def evaluate_maps(
     grids differ (a ``WarpedVRT``, read strip by strip, so memory stays flat). Pixels
     that are nodata in either raster, or the reference's ignore code, are skipped.
     Codes become class indices through the scheme embedded in the prediction (or
-    ``classes``; WHU-OPT-SAR's by default).
+    ``classes``; WHU-OPT-SAR's by default). ``within``: a 0/1 raster on the
+    prediction's grid (e.g. a cloud mask); only its non-zero pixels are scored.
     """
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
@@ -134,6 +137,10 @@ def evaluate_maps(
             )
         )
         cm = np.zeros((scheme.num_classes, scheme.num_classes), dtype=np.int64)
+        region = open_raster(within) if within is not None else None
+        if region is not None and region.shape != pred.shape:
+            region.close()
+            raise InputError(f"{within}: mask is {region.shape}, prediction {pred.shape}")
         try:
             for row in range(0, pred.height, block_rows):
                 win = Window(0, row, pred.width, min(block_rows, pred.height - row))
@@ -146,9 +153,13 @@ def evaluate_maps(
                     valid &= r != ref.nodata
                 pi = lut[np.clip(p, 0, 255).astype(np.int64)]
                 ri = lut[np.clip(r, 0, 255).astype(np.int64)]
+                if region is not None:
+                    valid &= region.read(1, window=win) != 0
                 ri[~valid] = IGNORE_INDEX
                 cm += confusion_matrix(ri, pi, scheme.num_classes)
         finally:
             if src is not ref:
                 src.close()
+            if region is not None:
+                region.close()
     return metrics_from_confusion(cm, scheme.names)
