@@ -80,7 +80,7 @@ class GoPTTask(BaseTask):
         )
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = self.model.trainable_parameters()
         optimizer = torch.optim.AdamW(
             params, lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
         )
