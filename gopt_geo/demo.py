@@ -34,21 +34,21 @@ DEMO_SETTINGS: dict[str, Any] = {
     "data.sar_units": "db",
     "data.patch_size": 128,
     "data.batch_size": 8,
-    "data.train_patches": 160,
+    "data.train_patches": 320,
     "data.stats_patches": 32,
     "model.variant": "gopt",
     "model.backbone": "efficientnet_lite0",
     "model.weights": "packaged",
     "model.prompt_dim": 32,
     "model.decoder_dim": 48,
-    "train.epochs": 6,
+    "train.epochs": 12,
     "train.lr": 0.003,
     "train.device": "auto",
 }
 
 #: Scene layout of the demo: (number of scenes, size in pixels), last two = val, test.
-FULL = {"scenes": 5, "size": 384, "epochs": 6, "train_patches": 160}
-FAST = {"scenes": 3, "size": 256, "epochs": 3, "train_patches": 64}
+FULL = {"scenes": 5, "size": 384, "epochs": 12, "train_patches": 320}
+FAST = {"scenes": 3, "size": 256, "epochs": 6, "train_patches": 160}
 
 MARKER = ".gopt-geo-demo"
 

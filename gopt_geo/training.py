@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,8 +271,18 @@ def precision_for(precision: str, accelerator: str) -> str:
     return "32-true"
 
 
+def quiet_lightning() -> None:
+    """Keep Lightning's banner lines (accelerator info, tips) and the expected warning
+    about the frozen backbone's eval-mode modules out of the user's console."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+
+
 def train(cfg: RunConfig, resume: bool = False, log: Any = print) -> TrainResult:
     """Train the configured model; returns where the adapter and checkpoints are."""
+    quiet_lightning()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     out = Path(cfg.output_dir)
     ckpt_dir = out / "checkpoints"

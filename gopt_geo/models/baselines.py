@@ -61,7 +61,7 @@ class StaticPrompter(nn.Module):
         super().__init__()
         self.tokens = nn.Parameter(torch.zeros(num_tokens, dim))
         nn.init.trunc_normal_(self.tokens, std=0.02)
-        self.acp = ACP(width, dim, heads)
+        self.acp = ACP(width, dim, heads, query="rgb")  # static prompts: no aux tokens
 
     def forward(self, rgb: Tensor, projection: Projection) -> Tensor:
         prompts = self.tokens.unsqueeze(0).expand(rgb.shape[0], -1, -1)
@@ -75,7 +75,9 @@ class StaticPromptSegmenter(SegmentationModel):
         super().__init__(config)
         self.backbone = FrozenBackbone(config.backbone, config.weights, frozen=True)
         points = self.backbone.injection_points
-        prompted = prompted_points(len(points), config.prompt_every)
+        prompted = prompted_points(
+            [p.stride for p in points], config.prompt_every, config.prompt_min_stride
+        )
         dim = config.prompt_dim
         self.prompters = nn.ModuleDict(
             {

@@ -53,6 +53,8 @@ class ModelConfig:
     num_prompt_tokens: int = 8  # static_prompt variant only
     prompt_heads: int = 4  # heads of the prompt cross-attentions (must divide prompt_dim)
     share_projections: bool = True  # one ACP down/up projection per backbone width
+    prompt_min_stride: int = 8  # first prompted point: stride >= this (CNN stages; ViT: all)
+    acp_query: str = "rgb+aux"  # rgb | rgb+aux: what the RGB tokens query the prompts with
 
     def __post_init__(self) -> None:
         problems = []
@@ -224,7 +226,9 @@ class GoPTSegmenter(SegmentationModel):
         super().__init__(config)
         self.backbone = FrozenBackbone(config.backbone, config.weights, frozen=True)
         points = self.backbone.injection_points
-        self.prompted = prompted_points(len(points), config.prompt_every)
+        self.prompted = prompted_points(
+            [p.stride for p in points], config.prompt_every, config.prompt_min_stride
+        )
         dim = config.prompt_dim
         self.aux_embed = AuxEmbedding(config.aux_channels, dim, points[self.prompted[0]].stride)
         self.prompters = nn.ModuleDict(
@@ -237,6 +241,7 @@ class GoPTSegmenter(SegmentationModel):
                     config.assignment,
                     config.tau,
                     carry=i != self.prompted[-1],
+                    query=config.acp_query,
                 )
                 for i in self.prompted
             }

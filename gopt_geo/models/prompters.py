@@ -155,9 +155,15 @@ class ProjectionBank(nn.Module):
         return self.bank[self.key_of[index]]
 
 
-def prompted_points(num_points: int, every: int) -> list[int]:
-    """Indices of the injection points that get a prompter (every n-th, from the first)."""
-    return list(range(0, num_points, every))
+def prompted_points(strides: list[int], every: int, min_stride: int = 1) -> list[int]:
+    """Indices of the injection points that get a prompter: every n-th, from the first
+    point whose stride is at least ``min_stride``.
+
+    On a CNN the first stages run at stride 2 and 4, where a prompter sees 4-16x more
+    tokens than at stride 8 and costs more than the frozen stage it follows; ViT points
+    all share the patch stride, so ``min_stride`` does not change them."""
+    eligible = [i for i, s in enumerate(strides) if s >= min_stride] or [len(strides) - 1]
+    return eligible[::every]
 
 
 @dataclass
@@ -169,19 +175,36 @@ class ACPOutput:
 class ACP(nn.Module):
     """Alignment-induced Cross-modal Prompter: RGB tokens query the grouped prompts.
 
-    X' = X + gate * up(Attn(down(LN(X)), LN(P))). The per-channel gate starts at zero,
-    so until it is trained the RGB features are exactly those of the frozen backbone.
+    X' = X + gate * up(Attn(q, LN(P))), q = down(LN(X)) [+ LN(Z)]. The per-channel gate
+    starts at zero, so until it is trained the RGB features are exactly those of the
+    frozen backbone.
+
+    ``query="rgb+aux"`` (our default) adds the co-located auxiliary token Z to the
+    query. With RGB alone, every location chooses among the K prompts by what it looks
+    like optically; where the optical signal is gone (cloud), all locations ask the same
+    question and get the same answer, so no per-location SAR information can reach the
+    RGB stream. ``query="rgb"`` is the pure form, kept for the ablation.
     """
 
-    def __init__(self, width: int, dim: int, heads: int) -> None:
+    def __init__(self, width: int, dim: int, heads: int, query: str = "rgb+aux") -> None:
         super().__init__()
+        if query not in ("rgb", "rgb+aux"):
+            raise ValueError(f"ACP query must be 'rgb' or 'rgb+aux', got {query!r}")
+        self.query = query
         self.norm_rgb = nn.LayerNorm(width)
         self.norm_prompt = nn.LayerNorm(dim)
+        self.norm_aux = nn.LayerNorm(dim) if query == "rgb+aux" else None
         self.attn = TokenCrossAttention(dim, heads)
         self.gate = nn.Parameter(torch.zeros(width))
 
-    def forward(self, rgb: Tensor, prompts: Tensor, projection: Projection) -> ACPOutput:
+    def forward(
+        self, rgb: Tensor, prompts: Tensor, projection: Projection, aux: Tensor | None = None
+    ) -> ACPOutput:
         query = projection.down(self.norm_rgb(rgb))
+        if self.norm_aux is not None:
+            if aux is None:
+                raise ValueError("ACP with query='rgb+aux' needs the auxiliary tokens")
+            query = query + self.norm_aux(aux)
         answer, attention = self.attn(query, self.norm_prompt(prompts))
         return ACPOutput(rgb + self.gate * projection.up(answer), attention)
 
@@ -207,16 +230,17 @@ class GroupingPrompter(nn.Module):
         assignment: str = "hard",
         tau: float = 1.0,
         carry: bool = True,
+        query: str = "rgb+aux",
     ) -> None:
         super().__init__()
         self.cup = CUP(dim, num_groups, heads, assignment, tau, carry)
-        self.acp = ACP(width, dim, heads)
+        self.acp = ACP(width, dim, heads, query)
 
     def forward(
         self, rgb: Tensor, aux: Tensor, carried: Tensor | None, projection: Projection
     ) -> PromptStep:
         cup = self.cup(aux, carried)
-        acp = self.acp(rgb, cup.prompts, projection)
+        acp = self.acp(rgb, cup.prompts, projection, aux)
         return PromptStep(acp.rgb, cup, acp.attention)
 
 

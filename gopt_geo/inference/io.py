@@ -1,0 +1,274 @@
+"""Windowed reading of a scene for prediction: optical from the file, SAR warped onto it.
+
+The optical raster's grid is the reference grid (DESIGN.md §1). SAR in any CRS and at any
+resolution is read through a ``WarpedVRT`` that has exactly the optical CRS, transform and
+size, so a window of the optical grid is also a window of the warped SAR and nothing is
+ever warped as a whole. Inputs are checked up front, so that user mistakes surface as one
+:class:`~gopt_geo.errors.InputError` line naming the file before any work is done.
+
+Nodata follows the training convention (:class:`gopt_geo.data.rasters.SampleCleaner`):
+an optical pixel is nodata when *all* its bands are nodata (GDAL's dataset mask, which also
+honours alpha bands and internal masks); a SAR pixel is nodata when *any* band is nodata
+or the pixel lies outside the SAR footprint; NaN in any band is nodata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+import rasterio
+from pyproj import Geod
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.transform import Affine
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from ..data.bands import BandRouting
+from ..data.rasters import check_overlap, open_raster
+from ..errors import InputError
+
+
+def check_band_count(path: Path, count: int, expected: tuple[str, ...], role: str) -> None:
+    """Fail unless the raster has exactly the bands the model was trained on."""
+    if count != len(expected):
+        raise InputError(
+            f"{path}: {role} raster has {count} band(s), but the model expects "
+            f"{len(expected)} ({', '.join(expected)})"
+        )
+
+
+def rasterio_reason(err: BaseException) -> str:
+    """GDAL's own one-line reason for a rasterio error (rasterio chains it as the cause)."""
+    cause = err.__cause__ or err
+    text = str(cause).strip() or str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def alpha_band(src: rasterio.DatasetReader) -> int | None:
+    """Index (1-based) of the raster's alpha band, if it has one."""
+    for i, interp in enumerate(src.colorinterp, start=1):
+        if interp == ColorInterp.alpha:
+            return i
+    return None
+
+
+def data_band_count(src: rasterio.DatasetReader) -> int:
+    """Bands that hold data (an alpha band is a mask, not a band the model reads)."""
+    return src.count - (alpha_band(src) is not None)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The reference (optical) grid every output is written on."""
+
+    crs: CRS | None
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+class SceneReader:
+    """Reads windows of the stacked optical+SAR image on the optical grid, with a validity mask.
+
+    Use as a context manager. ``read(window)`` returns ``(image, valid)``: ``image`` is
+    float32 ``[C, h, w]`` with the optical bands then the SAR bands (the layout
+    :meth:`BandRouting.prepare` expects), ``valid`` is bool ``[h, w]``.
+    """
+
+    def __init__(self, scene: str | Path, sar: str | Path | None, routing: BandRouting) -> None:
+        self.scene_path = Path(scene)
+        self.sar_path = Path(sar) if sar is not None else None
+        self.routing = routing
+        self._sar_src: rasterio.DatasetReader | None = None
+        self._sar: rasterio.DatasetReader | WarpedVRT | None = None
+        self._sar_alpha: int | None = None  # band of self._sar holding the footprint, if any
+        self.sar_warped = False
+        self._opt = open_raster(self.scene_path)
+        try:
+            self._validate_and_open_sar()
+        except BaseException:
+            self.close()
+            raise
+        self.grid = Grid(self._opt.crs, self._opt.transform, self._opt.width, self._opt.height)
+
+    def _validate_and_open_sar(self) -> None:
+        opt = self._opt
+        check_band_count(
+            self.scene_path, data_band_count(opt), self.routing.optical_bands, "optical"
+        )
+        if not self.routing.sar_bands:
+            if self.sar_path is not None:
+                raise InputError(
+                    f"{self.sar_path}: the model was trained without SAR bands; "
+                    "predict without a SAR raster"
+                )
+            return
+        if self.sar_path is None:
+            raise InputError(
+                f"{self.scene_path}: the model expects SAR bands "
+                f"({', '.join(self.routing.sar_bands)}); give a SAR raster"
+            )
+        # Missing CRS on one side, or no overlap at all: refuse before reading anything.
+        check_overlap(self.scene_path, self.sar_path)
+        src = open_raster(self.sar_path)
+        self._sar_src = src
+        check_band_count(self.sar_path, data_band_count(src), self.routing.sar_bands, "SAR")
+        alpha = alpha_band(src)
+        same_grid = (
+            src.crs == opt.crs
+            and src.transform.almost_equals(opt.transform)
+            and (src.width, src.height) == (opt.width, opt.height)
+        )
+        if same_grid:
+            self._sar, self._sar_alpha = src, alpha
+            return
+        if opt.crs is None:  # neither has a CRS (check_overlap refused mixed cases)
+            raise InputError(
+                f"{self.sar_path}: neither this SAR raster nor {self.scene_path} has a CRS, and "
+                "their grids differ; give both a CRS (or the same size and transform)"
+            )
+        add_alpha = src.nodata is None and alpha is None
+        self._sar = WarpedVRT(
+            src,
+            crs=opt.crs,
+            transform=opt.transform,
+            width=opt.width,
+            height=opt.height,
+            resampling=Resampling.bilinear,
+            # Without a nodata value the footprint is only known through an alpha band.
+            add_alpha=add_alpha,
+        )
+        self._sar_alpha = src.count + 1 if add_alpha else alpha
+        self.sar_warped = True
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """The stacked image and its validity mask for one window of the optical grid."""
+        n_opt = len(self.routing.optical_bands)
+        optical = self._read(self._opt, self.scene_path, window, n_opt)
+        valid = self._masks(self._opt, self.scene_path, window, alpha=None, count=0)
+        parts = [optical]
+        if self._sar is not None:
+            n_sar = len(self.routing.sar_bands)
+            parts.append(self._read(self._sar, self.sar_path, window, n_sar))
+            valid &= self._masks(
+                self._sar, self.sar_path, window, alpha=self._sar_alpha, count=n_sar
+            )
+        image = np.concatenate(parts, axis=0)
+        valid &= np.isfinite(image).all(axis=0)
+        return image, valid
+
+    @staticmethod
+    def _read(
+        src: rasterio.DatasetReader | WarpedVRT, path: Path | None, window: Window, count: int
+    ) -> np.ndarray:
+        try:
+            return src.read(indexes=list(range(1, count + 1)), window=window, out_dtype="float32")
+        except rasterio.errors.RasterioError as err:
+            raise InputError(f"{path}: cannot read pixels ({rasterio_reason(err)})") from None
+
+    @staticmethod
+    def _masks(
+        src: rasterio.DatasetReader | WarpedVRT,
+        path: Path | None,
+        window: Window,
+        *,
+        alpha: int | None,
+        count: int,
+    ) -> np.ndarray:
+        """Valid pixels: any band valid (``count=0``, the dataset mask) or every band valid.
+
+        An alpha band is read directly: a WarpedVRT's band masks ignore the alpha band
+        it adds, so the SAR footprint would otherwise be lost.
+        """
+        try:
+            if alpha is not None:
+                return src.read(alpha, window=window) > 0
+            if count == 0:
+                return src.dataset_mask(window=window) > 0
+            masks = src.read_masks(indexes=list(range(1, count + 1)), window=window)
+        except rasterio.errors.RasterioError as err:
+            raise InputError(f"{path}: cannot read pixels ({rasterio_reason(err)})") from None
+        return (masks > 0).all(axis=0)
+
+    def describe(self) -> dict[str, object]:
+        """Input summary for the run report."""
+        info: dict[str, object] = {
+            "scene": str(self.scene_path),
+            "width": self.grid.width,
+            "height": self.grid.height,
+            "crs": self.grid.crs.to_string() if self.grid.crs else None,
+            "transform": list(self.grid.transform)[:6],
+            "optical_bands": list(self.routing.optical_bands),
+            "optical_nodata": self._opt.nodata,
+        }
+        if self._sar_src is not None:
+            info.update(
+                sar=str(self.sar_path),
+                sar_crs=self._sar_src.crs.to_string() if self._sar_src.crs else None,
+                sar_size=[self._sar_src.width, self._sar_src.height],
+                sar_bands=list(self.routing.sar_bands),
+                sar_nodata=self._sar_src.nodata,
+                sar_warped_on_the_fly=self.sar_warped,
+            )
+        return info
+
+    def close(self) -> None:
+        for ds in (self._sar if self.sar_warped else None, self._sar_src, self._opt):
+            if ds is not None:
+                ds.close()
+
+    def __enter__(self) -> SceneReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+_GEOD = Geod(ellps="WGS84")
+
+
+def pixel_areas_m2(crs: CRS | None, transform: Affine, row0: int, nrows: int) -> np.ndarray | None:
+    """Ground area of one pixel for each row ``row0 .. row0+nrows-1`` in m², or None.
+
+    Projected CRS: constant, |det(transform)| in the CRS's linear unit, converted to metres.
+    Geographic CRS: varies with latitude, so each row's pixel is measured on the WGS84
+    ellipsoid. No CRS: unknown (None), areas are then reported in pixels only.
+    """
+    if crs is None:
+        return None
+    if not crs.is_geographic:
+        try:
+            unit = crs.linear_units_factor[1]
+        except Exception:  # a CRS without a linear unit: assume metres
+            unit = 1.0
+        return np.full(nrows, abs(transform.determinant) * unit * unit, dtype=np.float64)
+    a, b, c, d, e, f = transform[:6]
+    areas = np.empty(nrows, dtype=np.float64)
+    for i, r in enumerate(range(row0, row0 + nrows)):
+        cols, rows = (0, 1, 1, 0), (r, r, r + 1, r + 1)  # the pixel's corners in column 0
+        lons = [a * x + b * y + c for x, y in zip(cols, rows, strict=True)]
+        lats = [d * x + e * y + f for x, y in zip(cols, rows, strict=True)]
+        area, _ = _GEOD.polygon_area_perimeter(lons, lats)
+        areas[i] = abs(area)
+    return areas
+
+
+def pixel_size_m(crs: CRS | None, transform: Affine, height: int) -> float:
+    """Typical pixel side in metres (in map units when there is no CRS), at mid-scene."""
+    areas = pixel_areas_m2(crs, transform, height // 2, 1)
+    if areas is None:
+        return float(np.sqrt(abs(transform.determinant)))
+    return float(np.sqrt(areas[0]))

@@ -1,0 +1,371 @@
+"""Class map -> land-cover polygons, block by block, merged across block seams.
+
+``rasterio.features.shapes`` polygonises one block of rows at a time, in pixel
+coordinates (integers, so unions across seams are exact). A polygon that touches the
+seam with the next block is held back and merged (``shapely.union_all`` per class) with
+the same-class polygons of the next block that touch that seam; everything else is
+final and written straight away. Memory is bounded by the block size plus the polygons
+that cross the current seam, not by the scene.
+
+Each feature is one 4-connected region of one class, with its code, class name and area
+in m² (projected CRS: planar area in metres; geographic CRS: area in the equal-area
+EPSG:6933; no CRS: area in the raster's own units). Optional: a minimum area (smaller
+polygons are dropped) and topology-preserving simplification with
+``shapely.coverage_simplify``, which simplifies each edge shared by two polygons once, so
+neighbours keep a common border without gaps or overlaps. The outer boundary of each
+written batch is left as it is (``simplify_boundary=False``): those are exactly the edges
+shared with polygons of other batches, so batches fit together too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pyogrio
+import rasterio
+import shapely
+from rasterio.crs import CRS
+from rasterio.features import shapes
+from rasterio.transform import Affine
+from rasterio.windows import Window
+from shapely.errors import GEOSException
+from shapely.geometry import shape
+
+from ..data.rasters import open_raster
+from ..errors import InputError
+from .io import pixel_size_m, rasterio_reason
+from .writers import check_writable, class_names_from_raster, remove_quietly, temporary_name
+
+#: --vector option -> file suffix.
+VECTOR_SUFFIXES = {"gpkg": ".gpkg", "parquet": ".parquet", "geojson": ".geojson"}
+#: File suffix -> output driver.
+DRIVERS = {
+    ".gpkg": "GPKG",
+    ".parquet": "Parquet",
+    ".geoparquet": "Parquet",
+    ".geojson": "GeoJSON",
+    ".json": "GeoJSON",
+}
+#: Equal-area CRS for areas of maps in a geographic CRS.
+EQUAL_AREA_CRS = "EPSG:6933"
+#: Raster types rasterio.features.shapes accepts.
+_SHAPES_DTYPES = {"uint8", "int8", "uint16", "int16", "int32", "uint32"}
+
+
+@dataclass
+class VectorResult:
+    """What :func:`vectorize` wrote."""
+
+    path: Path
+    driver: str
+    features: int
+    removed_small: int
+    blocks: int
+    seconds: float
+    class_area_m2: dict[int, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+def driver_for(path: Path) -> str:
+    try:
+        return DRIVERS[path.suffix.lower()]
+    except KeyError:
+        raise InputError(
+            f"{path}: unknown vector format {path.suffix!r} (use .gpkg, .parquet or .geojson)"
+        ) from None
+
+
+class _Areas:
+    """Polygon areas in m² from geometries in the raster's CRS."""
+
+    def __init__(self, crs: CRS | None) -> None:
+        self.crs = crs
+        self.factor = 1.0
+        if crs is not None and not crs.is_geographic:
+            try:
+                self.factor = crs.linear_units_factor[1] ** 2
+            except Exception:  # no linear unit: assume metres
+                self.factor = 1.0
+
+    def __call__(self, geoms: np.ndarray) -> np.ndarray:
+        if self.crs is not None and self.crs.is_geographic:
+            return gpd.GeoSeries(geoms, crs=self.crs).to_crs(EQUAL_AREA_CRS).area.to_numpy()
+        return shapely.area(geoms) * self.factor
+
+
+class _Sink:
+    """Appends batches of polygons to the output under a temporary name."""
+
+    def __init__(self, path: Path, driver: str, crs: CRS | None) -> None:
+        self.path = path
+        self.driver = driver
+        self.crs = crs
+        self.tmp = temporary_name(path)
+        self.layer = path.stem
+        self.count = 0
+        self._created = False  # OGR output file exists (GeoPackage, GeoJSON)
+        self._parquet: pq.ParquetWriter | None = None
+        self._bbox = [np.inf, np.inf, -np.inf, -np.inf]
+        self._schema = pa.schema(
+            [
+                ("code", pa.int32()),
+                ("class_name", pa.string()),
+                ("area_m2", pa.float64()),
+                ("geometry", pa.binary()),
+            ]
+        )
+
+    def write(self, frame: gpd.GeoDataFrame) -> None:
+        if self.driver == "Parquet":
+            if self._parquet is None:
+                self._parquet = pq.ParquetWriter(self.tmp, self._schema)
+            if len(frame):
+                table = pa.table(
+                    {
+                        "code": pa.array(frame["code"].to_numpy(), pa.int32()),
+                        "class_name": pa.array(frame["class_name"].tolist(), pa.string()),
+                        "area_m2": pa.array(frame["area_m2"].to_numpy(), pa.float64()),
+                        "geometry": pa.array(shapely.to_wkb(frame.geometry.values), pa.binary()),
+                    },
+                    schema=self._schema,
+                )
+                self._parquet.write_table(table)
+                lo = frame.total_bounds
+                self._bbox = [
+                    *np.minimum(self._bbox[:2], lo[:2]),
+                    *np.maximum(self._bbox[2:], lo[2:]),
+                ]
+        elif len(frame) or not self._created:
+            with warnings.catch_warnings():  # a class map without CRS gives polygons without
+                warnings.filterwarnings("ignore", message="'crs' was not provided")
+                pyogrio.write_dataframe(
+                    frame,
+                    self.tmp,
+                    driver=self.driver,
+                    layer=self.layer,
+                    append=self._created,
+                    geometry_type="Polygon",
+                    promote_to_multi=False,
+                )
+            self._created = True
+        self.count += len(frame)
+
+    def close(self) -> Path:
+        if self.driver == "Parquet":
+            if self._parquet is None:
+                self._parquet = pq.ParquetWriter(self.tmp, self._schema)
+            column: dict[str, Any] = {
+                "encoding": "WKB",
+                "geometry_types": ["Polygon"],
+                "crs": self.crs.to_dict(projjson=True) if self.crs is not None else None,
+            }
+            if self.count:
+                column["bbox"] = [float(v) for v in self._bbox]
+            geo = {
+                "version": "1.1.0",
+                "primary_column": "geometry",
+                "columns": {"geometry": column},
+            }
+            self._parquet.add_key_value_metadata({"geo": json.dumps(geo)})
+            self._parquet.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self._parquet is not None:
+            try:
+                self._parquet.close()
+            except Exception:  # already failed; the file goes anyway
+                pass
+        remove_quietly(self.tmp)
+
+
+def _block_polygons(
+    data: np.ndarray, valid: np.ndarray, row0: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Polygons (pixel coordinates, y = scene row) and codes of one block of rows."""
+    geoms, codes = [], []
+    for geom, value in shapes(
+        data, mask=valid, connectivity=4, transform=Affine.translation(0, row0)
+    ):
+        geoms.append(shape(geom))
+        codes.append(int(value))
+    return np.array(geoms, dtype=object), np.array(codes, dtype=np.int64)
+
+
+def _merge_across_seam(geoms: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Union same-class polygons that touch along a seam; separate parts stay separate."""
+    out_g: list[Any] = []
+    out_c: list[int] = []
+    for code in np.unique(codes):
+        group = geoms[codes == code]
+        parts = group if len(group) == 1 else shapely.get_parts(shapely.union_all(group))
+        out_g.extend(parts)
+        out_c.extend([int(code)] * len(parts))
+    return np.array(out_g, dtype=object), np.array(out_c, dtype=np.int64)
+
+
+def _simplify(geoms: np.ndarray, tolerance: float) -> np.ndarray:
+    """Coverage simplification in pixel units (outer boundary of the batch kept).
+
+    GEOS needs an edge-matched coverage (a shared edge has the same vertices on both
+    sides). Polygonize does not always emit the collinear vertices where a neighbour
+    ends, so every edge first gets a vertex at each pixel corner (segmentize to 1 pixel,
+    rounded back onto the integer grid). Collinear vertices left on the kept boundary are
+    dropped at the end: that moves no line, so neighbours still share their borders.
+    """
+    if tolerance <= 0 or len(geoms) == 0:
+        return geoms
+    geoms = shapely.transform(shapely.segmentize(geoms, 1.0), np.round)
+    try:
+        geoms = shapely.coverage_simplify(geoms, tolerance, simplify_boundary=False)
+    except GEOSException:  # not a clean coverage: simplify polygon by polygon
+        geoms = shapely.simplify(geoms, tolerance, preserve_topology=True)
+    return shapely.simplify(geoms, 0.0, preserve_topology=True)
+
+
+def _to_map(geoms: np.ndarray, transform: Affine) -> np.ndarray:
+    a, b, c, d, e, f = transform[:6]
+
+    def apply(xy: np.ndarray) -> np.ndarray:
+        x, y = xy[:, 0], xy[:, 1]
+        return np.column_stack([a * x + b * y + c, d * x + e * y + f])
+
+    return shapely.transform(geoms, apply)
+
+
+def vectorize(
+    class_map: str | Path,
+    out_path: str | Path,
+    *,
+    min_area: float = 0.0,
+    simplify: float = 0.0,
+    block_size: int = 2048,
+    overwrite: bool = False,
+) -> VectorResult:
+    """Polygonise a class map into ``out_path`` (.gpkg, .parquet or .geojson).
+
+    ``min_area`` (m²) drops smaller polygons; ``simplify`` (metres) is the simplification
+    tolerance; ``block_size`` is the number of rows polygonised at a time.
+    """
+    class_map, out_path = Path(class_map), Path(out_path)
+    driver = driver_for(out_path)
+    check_writable([out_path], overwrite)
+    if block_size < 1:
+        raise InputError(f"block size must be at least 1 row, got {block_size}")
+    start = time.perf_counter()
+    with open_raster(class_map) as src:
+        if src.dtypes[0] not in _SHAPES_DTYPES:
+            raise InputError(
+                f"{class_map}: not a class map (band 1 is {src.dtypes[0]}; expected integer codes)"
+            )
+        names = class_names_from_raster(src)
+        height, width, transform, crs = src.height, src.width, src.transform, src.crs
+        tolerance_px = simplify / pixel_size_m(crs, transform, height) if simplify > 0 else 0.0
+        areas = _Areas(crs)
+        try:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(
+                f"{out_path.parent}: cannot create the folder ({err.strerror})"
+            ) from None
+        sink = _Sink(out_path, driver, crs)
+        area_by_code: dict[int, float] = {}
+        removed = 0
+        blocks = 0
+        pending_g = np.empty(0, dtype=object)
+        pending_c = np.empty(0, dtype=np.int64)
+        try:
+            for row0 in range(0, height, block_size):
+                row1 = min(height, row0 + block_size)
+                blocks += 1
+                window = Window(0, row0, width, row1 - row0)
+                try:
+                    data = src.read(1, window=window)
+                    valid = src.read_masks(1, window=window) > 0
+                except rasterio.errors.RasterioError as err:
+                    raise InputError(
+                        f"{class_map}: cannot read pixels ({rasterio_reason(err)})"
+                    ) from None
+                geoms, codes = _block_polygons(data, valid, row0)
+                top = shapely.bounds(geoms)[:, 1] == row0 if len(geoms) else np.zeros(0, bool)
+                if row0 == 0:
+                    top[:] = False
+                merged_g, merged_c = _merge_across_seam(
+                    np.concatenate([pending_g, geoms[top]]), np.concatenate([pending_c, codes[top]])
+                )
+                geoms = np.concatenate([geoms[~top], merged_g])
+                codes = np.concatenate([codes[~top], merged_c])
+                if row1 < height and len(geoms):
+                    bottom = shapely.bounds(geoms)[:, 3] == row1
+                else:
+                    bottom = np.zeros(len(geoms), dtype=bool)
+                pending_g, pending_c = geoms[bottom], codes[bottom]
+                removed += _write_batch(
+                    sink,
+                    geoms[~bottom],
+                    codes[~bottom],
+                    transform,
+                    names,
+                    areas,
+                    tolerance_px,
+                    min_area,
+                    area_by_code,
+                )
+            path = sink.close()
+        except BaseException:
+            sink.abort()
+            raise
+    return VectorResult(
+        path=path,
+        driver=driver,
+        features=sink.count,
+        removed_small=removed,
+        blocks=blocks,
+        seconds=time.perf_counter() - start,
+        class_area_m2=area_by_code,
+    )
+
+
+def _write_batch(
+    sink: _Sink,
+    geoms: np.ndarray,
+    codes: np.ndarray,
+    transform: Affine,
+    names: dict[int, str],
+    areas: _Areas,
+    tolerance_px: float,
+    min_area: float,
+    area_by_code: dict[int, float],
+) -> int:
+    """Simplify, georeference, measure, filter and write final polygons; returns # dropped."""
+    world = _to_map(_simplify(geoms, tolerance_px), transform) if len(geoms) else geoms
+    area = areas(world) if len(world) else np.zeros(0)
+    keep = area >= min_area if min_area > 0 else np.ones(len(world), dtype=bool)
+    class_names = np.array([names.get(int(c), str(int(c))) for c in codes[keep]], dtype=object)
+    frame = gpd.GeoDataFrame(
+        {  # explicit types: an empty first batch must still create the right fields
+            "code": codes[keep].astype(np.int32),
+            "class_name": class_names,
+            "area_m2": area[keep].astype(np.float64),
+        },
+        geometry=gpd.GeoSeries(world[keep], crs=areas.crs),
+    )
+    for code, a in zip(codes[keep], area[keep], strict=True):
+        area_by_code[int(code)] = area_by_code.get(int(code), 0.0) + float(a)
+    sink.write(frame)
+    return int((~keep).sum())

@@ -1,0 +1,272 @@
+"""GeoTIFF outputs written strip by strip and finished as Cloud-Optimized GeoTIFFs.
+
+Prediction produces rows of the output from top to bottom and never holds the whole
+map. :class:`StripRasterWriter` buffers those rows until a full row of tiles is ready,
+writes it to a temporary tiled GeoTIFF, and on :meth:`~StripRasterWriter.finish` copies
+that file to COG layout (GDAL's COG driver: tiles, DEFLATE, internal overviews) under a
+second temporary name, which is renamed to the final name only when complete. A failed
+or interrupted run therefore never leaves a file that looks finished.
+
+The class map carries what a GIS or a notebook needs to read it without gopt-geo: the
+nodata value, a colour table keyed by class code, the class names and codes as tags
+(``GOPT_GEO_CLASSES`` holds the JSON class scheme) and a GDAL raster attribute table in a
+``.aux.xml`` sidecar (QGIS shows the class names from it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.windows import Window
+
+from ..data.classes import ClassScheme
+from ..errors import InputError
+from .io import Grid
+
+#: Tag holding the class scheme (codes, names, colours) as JSON.
+CLASSES_TAG = "GOPT_GEO_CLASSES"
+#: Nodata of the class map, unless a class uses that code (see :func:`class_map_nodata`).
+CLASS_MAP_NODATA = 255
+#: Tile size of every raster output.
+BLOCK_SIZE = 512
+
+
+def class_map_nodata(classes: ClassScheme) -> int:
+    """255, or the highest uint8 value no class (nor the ignore code) uses."""
+    used = set(classes.codes) | (
+        {classes.ignore_code} if classes.ignore_code is not None else set()
+    )
+    for value in range(CLASS_MAP_NODATA, -1, -1):
+        if value not in used:
+            return value
+    raise ValueError("a class scheme with 256 codes leaves no uint8 value for nodata")
+
+
+def check_writable(paths: Iterable[Path], overwrite: bool) -> None:
+    """Refuse to replace existing outputs unless asked to, before any work is done."""
+    for path in paths:
+        if path.exists() and not overwrite:
+            raise InputError(f"{path}: output already exists (use --overwrite / overwrite=True)")
+
+
+def temporary_name(final: Path) -> Path:
+    """A hidden sibling of ``final`` that cannot be mistaken for a finished output.
+
+    Same folder (so the final rename is atomic), same suffix (so drivers that look at
+    the extension still recognise it).
+    """
+    return final.with_name(f".{final.stem}.partial-{uuid.uuid4().hex[:8]}{final.suffix}")
+
+
+def remove_quietly(path: Path) -> None:
+    for p in (path, Path(f"{path}.aux.xml"), Path(f"{path}.ovr")):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+class StripRasterWriter:
+    """Writes an output raster row strip by row strip; finishes it as a COG.
+
+    ``write(rows)`` takes ``[count, n, width]`` arrays in top-to-bottom order. Rows are
+    buffered until a whole row of tiles is complete, so each compressed tile is written
+    exactly once.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        grid: Grid,
+        *,
+        count: int,
+        dtype: str,
+        nodata: float | None,
+        overview_resampling: str,
+        colormap: dict[int, tuple[int, int, int, int]] | None = None,
+        block_size: int = BLOCK_SIZE,
+    ) -> None:
+        self.path = path
+        self.grid = grid
+        self.count = count
+        self.overview_resampling = overview_resampling
+        self.block_size = block_size
+        self._tmp = temporary_name(path)
+        self._cog_tmp = temporary_name(path)
+        profile = {
+            "driver": "GTiff",
+            "width": grid.width,
+            "height": grid.height,
+            "count": count,
+            "dtype": dtype,
+            "nodata": nodata,
+            "crs": grid.crs,
+            "transform": grid.transform,
+            "tiled": True,
+            "blockxsize": block_size,
+            "blockysize": block_size,
+            "compress": "deflate",
+            "zlevel": 1,  # intermediate file: fast; the COG copy compresses properly
+            "bigtiff": "if_safer",
+        }
+        self._dst = rasterio.open(self._tmp, "w", **profile)
+        if colormap:  # TIFF allows the palette only before pixels are written
+            self._dst.write_colormap(1, colormap)
+        self._buffer = np.empty((count, block_size, grid.width), dtype=dtype)
+        self._buffered = 0
+        self._next_row = 0  # first row not yet written to the file
+
+    @property
+    def rows_done(self) -> int:
+        return self._next_row + self._buffered
+
+    def write(self, rows: np.ndarray) -> None:
+        """Append ``rows`` ([count, n, width]) below the rows written so far."""
+        if rows.shape[0] != self.count or rows.shape[2] != self.grid.width:
+            raise ValueError(
+                f"expected [{self.count}, n, {self.grid.width}] rows, got {rows.shape}"
+            )
+        start = 0
+        while start < rows.shape[1]:
+            take = min(self.block_size - self._buffered, rows.shape[1] - start)
+            self._buffer[:, self._buffered : self._buffered + take] = rows[:, start : start + take]
+            self._buffered += take
+            start += take
+            if self._buffered == self.block_size:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self._buffered:
+            window = Window(0, self._next_row, self.grid.width, self._buffered)
+            self._dst.write(self._buffer[:, : self._buffered], window=window)
+            self._next_row += self._buffered
+            self._buffered = 0
+
+    def finish(
+        self,
+        *,
+        tags: dict[str, str] | None = None,
+        band_tags: dict[int, dict[str, str]] | None = None,
+        descriptions: list[str] | None = None,
+        scales: list[float] | None = None,
+    ) -> Path:
+        """Write metadata, convert to COG and move into place; returns the final path."""
+        self._flush()
+        if self.rows_done != self.grid.height:
+            raise RuntimeError(f"{self.path}: {self.rows_done} of {self.grid.height} rows written")
+        dst = self._dst
+        if tags:
+            dst.update_tags(**tags)
+        for bidx, btags in (band_tags or {}).items():
+            dst.update_tags(bidx, **btags)
+        for bidx, text in enumerate(descriptions or [], start=1):
+            dst.set_band_description(bidx, text)
+        if scales:
+            dst.scales = tuple(scales)
+            dst.offsets = tuple(0.0 for _ in scales)
+        dst.close()
+        rasterio.shutil.copy(
+            self._tmp,
+            self._cog_tmp,
+            driver="COG",
+            COMPRESS="DEFLATE",
+            BLOCKSIZE=str(self.block_size),
+            OVERVIEWS="AUTO",
+            OVERVIEW_RESAMPLING=self.overview_resampling,
+            BIGTIFF="IF_SAFER",
+        )
+        remove_quietly(self._tmp)
+        os.replace(self._cog_tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Close and delete the temporary files (after an error or an interruption)."""
+        if not self._dst.closed:
+            self._dst.close()
+        remove_quietly(self._tmp)
+        remove_quietly(self._cog_tmp)
+
+
+def class_colormap(classes: ClassScheme, nodata: int) -> dict[int, tuple[int, int, int, int]]:
+    """Colour table keyed by class code; nodata transparent."""
+    colormap = {c.code: (*c.color, 255) for c in classes.classes}
+    colormap[nodata] = (0, 0, 0, 0)
+    return colormap  # type: ignore[return-value]
+
+
+def class_map_metadata(classes: ClassScheme, nodata: int) -> dict[str, object]:
+    """Tags, band tags and description that make a class map self-describing."""
+    scheme = classes.to_dict() | {"nodata": nodata}
+    return {
+        "tags": {
+            CLASSES_TAG: json.dumps(scheme),
+            "CLASS_CODES": ",".join(str(c) for c in classes.codes),
+            "CLASS_NAMES": json.dumps(classes.names),
+        },
+        "band_tags": {1: {f"CLASS_{c.code}": c.name for c in classes.classes}},
+        "descriptions": ["land cover class"],
+    }
+
+
+def read_class_scheme(src: rasterio.DatasetReader) -> ClassScheme | None:
+    """The class scheme embedded in a class map by gopt-geo, if any."""
+    text = src.tags().get(CLASSES_TAG)
+    if not text:
+        return None
+    try:
+        return ClassScheme.from_dict(json.loads(text))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def class_names_from_raster(src: rasterio.DatasetReader) -> dict[int, str]:
+    """code -> name from a class map's metadata (gopt-geo's JSON tag, else CLASS_<code> tags)."""
+    scheme = read_class_scheme(src)
+    if scheme is not None:
+        names = {c.code: c.name for c in scheme.classes}
+        if scheme.ignore_code is not None:
+            names.setdefault(scheme.ignore_code, scheme.ignore_name)
+        return names
+    names: dict[int, str] = {}
+    for tags in (src.tags(), src.tags(1)):  # e.g. class_10=farmland, as synthetic labels have
+        for key, value in tags.items():
+            if key.upper().startswith("CLASS_") and key[6:].isdigit():
+                names[int(key[6:])] = value
+    return names
+
+
+def write_rat_sidecar(path: Path, classes: ClassScheme) -> Path:
+    """A GDAL PAM ``.aux.xml`` with a thematic raster attribute table (value, name, colour).
+
+    GeoTIFF cannot hold a raster attribute table itself; GDAL keeps it in this sidecar
+    and QGIS uses it to label the classes. Written under a temporary name, then renamed.
+    """
+    fields = [("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8)]
+    lines = [
+        "<PAMDataset>",
+        '  <PAMRasterBand band="1">',
+        '    <GDALRasterAttributeTable tableType="thematic">',
+    ]
+    for i, (name, ftype, usage) in enumerate(fields):
+        lines.append(
+            f'      <FieldDefn index="{i}"><Name>{name}</Name><Type>{ftype}</Type>'
+            f"<Usage>{usage}</Usage></FieldDefn>"
+        )
+    for row, c in enumerate(classes.classes):
+        values = [str(c.code), escape(c.name), *(str(v) for v in c.color)]
+        cells = "".join(f"<F>{v}</F>" for v in values)
+        lines.append(f'      <Row index="{row}">{cells}</Row>')
+    lines += ["    </GDALRasterAttributeTable>", "  </PAMRasterBand>", "</PAMDataset>", ""]
+    final = Path(f"{path}.aux.xml")
+    tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    os.replace(tmp, final)
+    return final
