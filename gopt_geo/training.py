@@ -278,6 +278,21 @@ def quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* exists.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def loggers_for(out: Path) -> list[Any]:
+    """Per-epoch metrics to ``metrics.csv``, and to TensorBoard when it is installed."""
+    loggers: list[Any] = [CSVLogger(save_dir=str(out), name="", version="")]
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return loggers
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    loggers.append(TensorBoardLogger(save_dir=str(out), name="tensorboard", version=""))
+    return loggers
 
 
 def train(cfg: RunConfig, resume: bool = False, log: Any = print) -> TrainResult:
@@ -334,7 +349,7 @@ def train(cfg: RunConfig, resume: bool = False, log: Any = print) -> TrainResult
         precision=precision_for(cfg.train.precision, accelerator),  # type: ignore[arg-type]
         max_epochs=cfg.train.epochs,
         max_steps=cfg.train.max_steps,
-        logger=CSVLogger(save_dir=str(out), name="", version=""),
+        logger=loggers_for(out),
         callbacks=[
             ModelCheckpoint(
                 dirpath=ckpt_dir, filename="best", monitor="val_miou", mode="max", save_last=True

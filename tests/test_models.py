@@ -456,3 +456,26 @@ def test_config_round_trips_through_a_dict():
     with pytest.raises(InputError, match="unknown fields"):
         ModelConfig.from_dict({**dataclasses.asdict(cfg), "colour": "red"})
     assert isinstance(build_model(cfg), GoPTSegmenter)
+
+
+# --- ACP query ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query", ["rgb", "rgb+aux"])
+def test_acp_query_carries_sar_to_uniform_rgb_only_with_aux(query):
+    """Under a cloud every RGB token is the same. With RGB-only queries they all get the
+    same answer; with the co-located aux token in the query the answer follows the SAR."""
+    from gopt_geo.models.prompters import GroupingPrompter, Projection
+
+    torch.manual_seed(0)
+    prompter = GroupingPrompter(width=24, dim=16, num_groups=4, heads=2, query=query).eval()
+    with torch.no_grad():
+        prompter.acp.gate.fill_(1.0)
+    rgb = torch.ones(1, 30, 24)  # uniform: a cloud
+    aux = torch.randn(1, 30, 16)  # SAR differs from token to token
+    out = prompter(rgb, aux, None, Projection(24, 16)).rgb
+    spread = (out - out.mean(1, keepdim=True)).abs().max().item()
+    if query == "rgb":
+        assert spread < 1e-5
+    else:
+        assert spread > 1e-2
