@@ -193,27 +193,21 @@ def draw_figure(scene: Any, maps: dict[str, Path], path: Path, max_size: int = 5
     from matplotlib import pyplot as plt
     from matplotlib.colors import ListedColormap
     from rasterio.enums import Resampling
-    from rasterio.vrt import WarpedVRT
 
     from .data.classes import WHU_OPT_SAR_CLASSES
     from .data.plotting import stretch
+    from .data.rasters import warp_onto
 
-    with rasterio.open(scene.optical) as src:
+    with (
+        rasterio.open(scene.optical) as src,
+        rasterio.open(scene.sar) as sar,
+        warp_onto(sar, src, Resampling.bilinear) as vrt,
+    ):
         step = max(1, int(np.ceil(max(src.width, src.height) / max_size)))
         shape = (src.height // step, src.width // step)
         bands = [src.descriptions.index(b) + 1 for b in ("R", "G", "B")]
         rgb = src.read(bands, out_shape=(3, *shape)).astype(np.float32)
         rgb[:, (rgb == 0).all(0)] = np.nan
-        grid = {
-            "crs": src.crs,
-            "transform": src.transform,
-            "width": src.width,
-            "height": src.height,
-        }
-    with (
-        rasterio.open(scene.sar) as sar,
-        WarpedVRT(sar, resampling=Resampling.bilinear, **grid) as vrt,
-    ):
         vv = vrt.read(1, out_shape=shape, masked=True).filled(np.nan).astype(np.float32)
 
     colors = np.ones((256, 4))
@@ -227,7 +221,8 @@ def draw_figure(scene: Any, maps: dict[str, Path], path: Path, max_size: int = 5
         return data
 
     panels = [
-        ("Optical (R, G, B)", np.dstack([stretch(b) for b in rgb]), {}),
+        # stretched for the land, not the clouds (they saturate to white)
+        ("Optical (R, G, B)", np.dstack([stretch(b, 2, 80) for b in rgb]), {}),
         ("SAR VV (dB)", stretch(vv), {"cmap": "gray"}),
         ("Reference", read_codes(scene.labels), {"cmap": cmap, "vmin": 0, "vmax": 255}),
     ]
@@ -245,7 +240,7 @@ def draw_figure(scene: Any, maps: dict[str, Path], path: Path, max_size: int = 5
         for c in WHU_OPT_SAR_CLASSES.classes
     ]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout(rect=(0, 0.08, 1, 0.94))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -109,32 +109,20 @@ def evaluate_maps(
     prediction's grid (e.g. a cloud mask); only its non-zero pixels are scored.
     """
     from rasterio.enums import Resampling
-    from rasterio.vrt import WarpedVRT
     from rasterio.windows import Window
 
     from .data.classes import WHU_OPT_SAR_CLASSES
-    from .data.rasters import check_overlap, open_raster
+    from .data.rasters import check_overlap, open_raster, same_grid, warp_onto
     from .inference.writers import read_class_scheme
 
     check_overlap(prediction, reference, "reference")
     with open_raster(prediction) as pred, open_raster(reference) as ref:
         scheme = classes or read_class_scheme(pred) or WHU_OPT_SAR_CLASSES
         lut = scheme.code_to_index_lut().astype(np.int64)
-        same_grid = (
-            ref.crs == pred.crs and ref.transform == pred.transform and ref.shape == pred.shape
-        )
         src = (
             ref
-            if same_grid
-            else WarpedVRT(
-                ref,
-                crs=pred.crs,
-                transform=pred.transform,
-                width=pred.width,
-                height=pred.height,
-                resampling=Resampling.nearest,
-                nodata=ref.nodata,
-            )
+            if same_grid(ref, pred)
+            else warp_onto(ref, pred, Resampling.nearest, nodata=ref.nodata)
         )
         cm = np.zeros((scheme.num_classes, scheme.num_classes), dtype=np.int64)
         region = open_raster(within) if within is not None else None

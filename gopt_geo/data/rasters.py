@@ -34,6 +34,29 @@ from .classes import IGNORE_INDEX, ClassScheme
 PIXEL_GRID_CRS = CRS.from_wkt('LOCAL_CS["pixel grid",UNIT["metre",1]]')
 
 
+def same_grid(a: Any, b: Any) -> bool:
+    """True when two open rasters share CRS, transform and shape (no warp needed)."""
+    return (
+        a.crs == b.crs
+        and a.transform.almost_equals(b.transform)
+        and (a.width, a.height) == (b.width, b.height)
+    )
+
+
+def warp_onto(src: Any, like: Any, resampling: Any, **kwargs: Any) -> WarpedVRT:
+    """A ``WarpedVRT`` of ``src`` on ``like``'s grid (CRS, transform, width, height), read
+    window by window: the one way every consumer puts a raster onto the optical grid."""
+    return WarpedVRT(
+        src,
+        crs=like.crs,
+        transform=like.transform,
+        width=like.width,
+        height=like.height,
+        resampling=resampling,
+        **kwargs,
+    )
+
+
 def open_raster(path: str | Path) -> rasterio.DatasetReader:
     """Open a raster, turning rasterio's errors into one line that names the file."""
     path = Path(path)

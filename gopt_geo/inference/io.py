@@ -28,7 +28,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from ..data.bands import BandRouting
-from ..data.rasters import check_overlap, open_raster
+from ..data.rasters import check_overlap, open_raster, same_grid, warp_onto
 from ..errors import InputError
 
 
@@ -122,12 +122,7 @@ class SceneReader:
         self._sar_src = src
         check_band_count(self.sar_path, data_band_count(src), self.routing.sar_bands, "SAR")
         alpha = alpha_band(src)
-        same_grid = (
-            src.crs == opt.crs
-            and src.transform.almost_equals(opt.transform)
-            and (src.width, src.height) == (opt.width, opt.height)
-        )
-        if same_grid:
+        if same_grid(src, opt):
             self._sar, self._sar_alpha = src, alpha
             return
         if opt.crs is None:  # neither has a CRS (check_overlap refused mixed cases)
@@ -136,16 +131,8 @@ class SceneReader:
                 "their grids differ; give both a CRS (or the same size and transform)"
             )
         add_alpha = src.nodata is None and alpha is None
-        self._sar = WarpedVRT(
-            src,
-            crs=opt.crs,
-            transform=opt.transform,
-            width=opt.width,
-            height=opt.height,
-            resampling=Resampling.bilinear,
-            # Without a nodata value the footprint is only known through an alpha band.
-            add_alpha=add_alpha,
-        )
+        # Without a nodata value the footprint is only known through an alpha band.
+        self._sar = warp_onto(src, opt, Resampling.bilinear, add_alpha=add_alpha)
         self._sar_alpha = src.count + 1 if add_alpha else alpha
         self.sar_warped = True
 
