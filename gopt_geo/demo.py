@@ -135,11 +135,12 @@ def run_demo(
             "overall": overall.to_dict(),
             "clouds": clouds.to_dict(),
             "parameters": {"report": result.parameters},
+            # relative to the demo folder, so the folder can be moved or shared
             "files": {
-                "adapter": str(result.adapter),
-                "class_map": str(prediction.class_map),
-                "vector": str(prediction.vector),
-                "report": str(prediction.report_markdown),
+                "adapter": str(result.adapter.relative_to(out)),
+                "class_map": str(prediction.class_map.relative_to(out)),
+                "vector": str(Path(prediction.vector).relative_to(out)),
+                "report": str(prediction.report_markdown.relative_to(out)),
             },
         }
         log(f"      held-out scene: {overall.summary()}")

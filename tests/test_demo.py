@@ -31,7 +31,7 @@ def test_demo_writes_everything_and_gopt_wins_under_clouds(demo_dir: Path) -> No
     for variant in ("gopt", "optical_only"):
         files = report["models"][variant]["files"]
         for key in ("adapter", "class_map", "vector", "report"):
-            assert Path(files[key]).stat().st_size > 0, (variant, key)
+            assert (demo_dir / files[key]).stat().st_size > 0, (variant, key)
     gopt = report["models"]["gopt"]["clouds"]["miou"]
     optical = report["models"]["optical_only"]["clouds"]["miou"]
     assert gopt > optical, (gopt, optical)
