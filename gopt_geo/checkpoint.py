@@ -205,6 +205,23 @@ def _format_section(section: dict[str, Any], indent: str = "  ") -> list[str]:
     return lines
 
 
+def _readable_metrics(metrics: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Per-split scores with per-class lists turned into ``name: value`` entries."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if not isinstance(value, dict):
+            out[key] = value
+            continue
+        split = {k: v for k, v in value.items() if not isinstance(v, list)}
+        for list_key in ("iou", "accuracy"):
+            if isinstance(value.get(list_key), list):
+                split[list_key] = {
+                    n: round(float(v), 4) for n, v in zip(names, value[list_key], strict=False)
+                }
+        out[key] = split
+    return out
+
+
 def describe_adapter(path: str | os.PathLike[str]) -> str:
     """Human-readable summary of an adapter for ``gopt-geo info``."""
     path = Path(path)
@@ -238,7 +255,11 @@ def describe_adapter(path: str | os.PathLike[str]) -> str:
     if p:
         report = ParameterReport(int(p["trainable"]), int(p["total"]), float(p["percent"]))
         lines.append(f"Parameters: {report}")
-    for title, section in (("Training", meta.training), ("Metrics", meta.metrics)):
+    # the full run config stays in the file (read_adapter_metadata(...).training) but
+    # is too long to print; per-class lists are shown as the per-class table instead
+    training = {k: v for k, v in meta.training.items() if k != "config"}
+    metrics = _readable_metrics(meta.metrics, meta.classes.names)
+    for title, section in (("Training", training), ("Metrics", metrics)):
         if section:
             lines.append(f"{title}:")
             lines.extend(_format_section(section))
