@@ -68,6 +68,7 @@ class OpticalSarDataModule(GeoDataModule):
             **kwargs,
         )
         self.routing = routing
+        self._checked: set[Path] = set()
         self.stats_patches = stats_patches
         self.seed = seed
         self.aug = _identity
@@ -79,7 +80,10 @@ class OpticalSarDataModule(GeoDataModule):
     def split_dataset(self, split: str) -> OpticalSarScenes:
         ds = self.dataset_class(split=split, **self.kwargs)
         assert isinstance(ds, OpticalSarScenes)
-        check_label_codes(ds.label_paths, self.classes)
+        # each label file is read once per datamodule, however often Lightning sets up
+        unchecked = [p for p in ds.label_paths if p not in self._checked]
+        check_label_codes(unchecked, self.classes)
+        self._checked.update(unchecked)
         if self.routing is None:
             self.routing = ds.routing
         return ds
