@@ -34,6 +34,7 @@ class DataConfig:
     sar_units: str = "db"  # db | linear | amplitude
     classes: str = "whu_opt_sar"
     scenes: dict[str, list[str]] | None = None  # explicit {train,val,test} scene names
+    split_rows: list[float] | None = None  # e.g. [0.7, 0.15, 0.15]: row bands of each scene
     patch_size: int = 256
     batch_size: int = 8
     train_patches: int = 512  # random training patches per epoch

@@ -252,6 +252,7 @@ def datamodule_for(cfg: RunConfig, routing: BandRouting | None = None) -> Optica
         num_workers=cfg.data.num_workers,
         stats_patches=cfg.data.stats_patches,
         seed=cfg.seed,
+        split_rows=cfg.data.split_rows,
     )
 
 

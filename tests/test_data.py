@@ -204,3 +204,39 @@ def test_no_crs_with_crs_is_refused(scene_root: Path) -> None:
 
 def test_utm_fixture_crs() -> None:
     assert UTM.startswith("EPSG:")
+
+
+def test_row_bands_split_a_single_scene(tmp_path: Path) -> None:
+    write_scene(tmp_path, "only", size=160)
+    dm = OpticalSarDataModule(
+        tmp_path,
+        batch_size=2,
+        patch_size=16,
+        length=200,
+        stats_patches=4,
+        split_rows=[0.6, 0.2, 0.2],
+    )
+    dm.setup("fit")
+    dm.setup("test")
+    boxes = {}
+    for split, sampler in (
+        ("train", dm.train_sampler),
+        ("val", dm.val_sampler),
+        ("test", dm.test_sampler),
+    ):
+        boxes[split] = [shapely.box(x.start, y.start, x.stop, y.stop) for x, y in sampler]
+        assert boxes[split], split
+    top = 3_400_000
+    # train patches come from the top 60% of the scene, test ones from the bottom
+    assert min(b.bounds[1] for b in boxes["train"]) >= top - 0.6 * 1600
+    assert max(b.bounds[3] for b in boxes["test"]) <= top - 0.8 * 1600 + 160
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        ua, ub = shapely.union_all(boxes[a]), shapely.union_all(boxes[b])
+        assert ua.intersection(ub).area == 0, (a, b)
+    sample = dm.val_dataset[next(iter(dm.val_sampler))]
+    assert sample["image"].shape == (6, 16, 16)
+
+
+def test_row_bands_bad_fractions(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"data.split_rows: expected 3 positive fractions"):
+        OpticalSarDataModule(tmp_path, split_rows=[0.5, 0.5])
