@@ -34,6 +34,17 @@ from .classes import IGNORE_INDEX, ClassScheme
 PIXEL_GRID_CRS = CRS.from_wkt('LOCAL_CS["pixel grid",UNIT["metre",1]]')
 
 
+#: GDAL's block cache for streaming work (writing scenes, predicting, vectorising): every
+#: block is read or written once, in order, so a large cache only inflates memory, and
+#: GDAL's default (5 % of RAM) lets it grow with the scene up to more than a gigabyte.
+STREAMING_GDAL_CACHE = 128 * 2**20
+
+
+def streaming_gdal_env() -> rasterio.Env:
+    """A rasterio environment with the bounded block cache of :data:`STREAMING_GDAL_CACHE`."""
+    return rasterio.Env(GDAL_CACHEMAX=STREAMING_GDAL_CACHE)
+
+
 def same_grid(a: Any, b: Any) -> bool:
     """True when two open rasters share CRS, transform and shape (no warp needed)."""
     return (

@@ -84,6 +84,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
+from gopt_geo.data.rasters import streaming_gdal_env
 from gopt_geo.errors import InputError
 
 OPTICAL_BANDS: tuple[str, ...] = ("B", "G", "R", "NIR")
@@ -144,8 +145,6 @@ _CLOUD_SPECTRUM = (7800.0, 7700.0, 7600.0, 7100.0)
 #: Pixels generated at a time (a block of whole rows; its height divides the 256-pixel
 #: tiles), which bounds the memory of the generator whatever the scene size.
 _BLOCK_PIXELS = 2**20
-#: GDAL block cache while writing a scene.
-_GDAL_CACHE_BYTES = 64 * 2**20
 
 _CODES = np.array(sorted(CLASS_SPECTRA), dtype=np.uint8)
 _CODE_INDEX = np.zeros(256, dtype=np.uint8)
@@ -691,10 +690,8 @@ def make_scene(
     optical_rng = np.random.default_rng(optical_seq)
     sar_rng = np.random.default_rng(sar_seq)
 
-    # A bounded GDAL block cache: blocks are written once, in order, so a big cache only
-    # inflates the memory (GDAL's default is 5% of the RAM, over 1 GB for 8192 x 8192).
     with (
-        rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_BYTES),
+        streaming_gdal_env(),
         tempfile.TemporaryDirectory(prefix=f".{name}-", dir=out_dir) as tmp,
     ):
         tmp_dir = Path(tmp)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..data.bands import BandRouting
 from ..data.classes import ClassScheme
+from ..data.rasters import streaming_gdal_env
 from ..errors import InputError
 from .io import Grid, SceneReader, pixel_areas_m2
 from .report import write_report
@@ -275,7 +276,40 @@ class Predictor:
         progress: bool = True,
     ) -> PredictionResult:
         """Map ``scene`` (with ``sar``) into ``out_dir``; see the module docstring."""
-        scene, out_dir = Path(scene), Path(out_dir)
+        with streaming_gdal_env():  # memory flat in scene size: GDAL's cache too
+            return self._predict(
+                Path(scene),
+                sar,
+                Path(out_dir),
+                window=window,
+                overlap=overlap,
+                batch_size=batch_size,
+                probabilities=probabilities,
+                confidence=confidence,
+                vector=vector,
+                min_area=min_area,
+                simplify=simplify,
+                overwrite=overwrite,
+                progress=progress,
+            )
+
+    def _predict(
+        self,
+        scene: Path,
+        sar: str | Path | None,
+        out_dir: Path,
+        *,
+        window: int,
+        overlap: float,
+        batch_size: int,
+        probabilities: bool,
+        confidence: bool,
+        vector: str | None,
+        min_area: float,
+        simplify: float,
+        overwrite: bool,
+        progress: bool,
+    ) -> PredictionResult:
         if vector is not None and vector.lower() == "none":
             vector = None
         if batch_size < 1:

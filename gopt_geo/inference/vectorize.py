@@ -41,7 +41,7 @@ from rasterio.windows import Window
 from shapely.errors import GEOSException
 from shapely.geometry import shape
 
-from ..data.rasters import open_raster
+from ..data.rasters import open_raster, streaming_gdal_env
 from ..errors import InputError
 from .io import pixel_size_m, rasterio_reason
 from .writers import check_writable, class_names_from_raster, remove_quietly, temporary_name
@@ -268,7 +268,7 @@ def vectorize(
     if block_size < 1:
         raise InputError(f"block size must be at least 1 row, got {block_size}")
     start = time.perf_counter()
-    with open_raster(class_map) as src:
+    with streaming_gdal_env(), open_raster(class_map) as src:
         if src.dtypes[0] not in _SHAPES_DTYPES:
             raise InputError(
                 f"{class_map}: not a class map (band 1 is {src.dtypes[0]}; expected integer codes)"
