@@ -150,7 +150,7 @@ def evaluate(
 
         cfg = load_config(config, set_)
         metrics = evaluate_model(model, cfg, split=split, device=device)
-        default_out = Path(cfg.output_dir) / f"metrics-{split}.json"
+        default_out = model.parent / f"{model.stem}.metrics-{split}.json"
     _echo(metrics.summary())
     for name, iou, acc in zip(metrics.class_names, metrics.iou, metrics.accuracy, strict=False):
         _echo(f"  {name:<12} IoU {100 * iou:6.2f}  acc {100 * acc:6.2f}")
@@ -209,7 +209,20 @@ def predict(
         overwrite=overwrite,
         progress=progress,
     )
-    _echo(str(result))
+    s = result.stats
+    _echo(
+        f"mapped {s.pixels:,} px in {s.seconds:.1f} s ({s.mpix_per_s:.2f} MPix/s, {s.windows} "
+        f"windows, {s.device}); {s.nodata_pixels:,} px nodata"
+    )
+    for label, path in (
+        ("class map", result.class_map),
+        ("confidence", result.confidence),
+        ("probabilities", result.probabilities),
+        ("vector land cover", result.vector),
+        ("report", result.report_markdown),
+    ):
+        if path is not None:
+            _echo(f"  {label:<18} {path}")
 
 
 @app.command()
@@ -233,7 +246,10 @@ def vectorize(
         block_size=block_size,
         overwrite=overwrite,
     )
-    _echo(str(result))
+    _echo(
+        f"{result.features:,} polygons ({result.removed_small:,} below --min-area dropped) in "
+        f"{result.seconds:.1f} s -> {result.path} ({result.driver})"
+    )
 
 
 @app.command()

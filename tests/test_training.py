@@ -173,7 +173,7 @@ def test_cli_train_info_evaluate(scenes: Path, tmp_path: Path) -> None:
         ],
     )
     assert res.exit_code == 0, res.output
-    metrics = json.loads((out / "metrics-test.json").read_text())
+    metrics = json.loads((out / "adapter.metrics-test.json").read_text())
     assert 0 <= metrics["oa"] <= 1 and metrics["pixels"] == 96 * 96
 
 
