@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,16 +146,30 @@ class _Strip:
         # footprints can differ by a fraction of a pixel between windows).
         self.valid[r : r + h, c : c + w] &= valid
 
-    def pop(self, until: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Blended logits [K, n, W] and validity [n, W] of rows ``top .. until``; frees them."""
+    def finished(
+        self, until: int, chunk: int = 64
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(first row, blended logits [K, n, W], validity [n, W]) of rows ``top .. until``,
+        ``chunk`` rows at a time: the temporaries of blending, softmax and argmax stay a
+        few rows high however wide the scene (they used to be the whole strip, several
+        times over, and made memory grow with the scene's width)."""
         n = until - self.top
-        logits = self.logits[:, :n] / self.weight[:n]
-        valid = self.valid[:n].clone()
+        for r in range(0, n, chunk):
+            e = min(n, r + chunk)
+            yield self.top + r, self.logits[:, r:e] / self.weight[r:e], self.valid[r:e]
+
+    def discard(self, until: int) -> None:
+        """Drop rows ``top .. until`` and move the rest up, without a full-strip copy."""
+        n = until - self.top
+        keep = self.rows - n
         for buf, fill in ((self.logits, 0.0), (self.weight, 0.0), (self.valid, True)):
-            buf[..., : self.rows - n, :] = buf[..., n:, :].clone()
-            buf[..., self.rows - n :, :] = fill
+            # forward copy in blocks of n rows: a block's source lies entirely below its
+            # destination, so nothing is overwritten before it is read
+            for r in range(0, keep, n):
+                e = min(keep, r + n)
+                buf[..., r:e, :] = buf[..., r + n : e + n, :]
+            buf[..., keep:, :] = fill
         self.top = until
-        return logits, valid
 
 
 @dataclass
@@ -449,9 +463,9 @@ class Predictor:
         def emit(until: int) -> None:
             if until <= strip.top:
                 return
-            row0 = strip.top
-            logits, valid = strip.pop(until)
-            self._write_rows(logits, valid, row0, grid, writers, counts, areas)
+            for row0, logits, valid in strip.finished(until):
+                self._write_rows(logits, valid, row0, grid, writers, counts, areas)
+            strip.discard(until)
 
         bar = tqdm(total=len(windows), unit="window", desc="predict", disable=not progress)
         # One reader thread: the next batch is read (and SAR warped) while the model runs.
