@@ -40,6 +40,7 @@ DEMO_SETTINGS: dict[str, Any] = {
     "model.backbone": "efficientnet_lite0",
     "model.weights": "packaged",
     "model.prompt_dim": 32,
+    "model.assignment": "soft",
     "model.decoder_dim": 48,
     "train.epochs": 12,
     "train.lr": 0.003,
