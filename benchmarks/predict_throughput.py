@@ -1,0 +1,273 @@
+"""Issue 7, item 1: prediction throughput and pipeline overhead.
+
+For each (backbone, scene size): the end-to-end wall time of ``Predictor.predict`` (read
+optical + warp SAR per window, model, blend, class map + confidence COGs; no vector
+output, which item 8 measures) and the pure model time over the same windows (the same
+number of batches of the same shape, already in memory, through the same
+``routing.prepare`` + model call). Overhead ratio = end-to-end / pure model; target <= 1.10.
+
+Both are measured in the same child process, alternating their order between repeats,
+after one warm-up batch, so that one-time costs (oneDNN kernel selection) hit neither.
+The child also times a read-only pass over all windows (``SceneReader.read``), which is
+what the pipeline adds on top of the model when nothing overlaps.
+
+    ./run python benchmarks/predict_throughput.py            # the table in RESULTS.md
+    ./run python benchmarks/predict_throughput.py --quick    # smoke run, small scene
+    ./run python benchmarks/predict_throughput.py --profile  # cProfile of one predict
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+WINDOW, OVERLAP, BATCH = 512, 0.25, 4
+
+
+def _measure(args: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
+    from gopt_geo.inference import Predictor
+    from gopt_geo.inference.io import SceneReader
+    from gopt_geo.inference.predictor import WindowPlan
+
+    work = Path(args["work"])
+    files = C.scene(work, args["size"])
+    routing = C.routing()
+    model = C.model(args.get("variant", "gopt"), args["backbone"]).eval()
+    predictor = Predictor(model, routing, WHU_OPT_SAR_CLASSES, device="cpu")
+    plan = WindowPlan.for_grid(args["size"], args["size"], WINDOW, OVERLAP)
+    n_windows = len(plan)
+    sizes = [min(BATCH, n_windows - i) for i in range(0, n_windows, BATCH)]
+    cap = args.get("forward_cap") or len(sizes)
+    timed_sizes = sizes[:cap]
+    x_full = torch.randn(BATCH, len(routing.all_bands), WINDOW, WINDOW)
+
+    @torch.inference_mode()
+    def forward(b: int) -> None:
+        rgb, aux = routing.prepare(x_full[:b])
+        model(rgb, aux)
+
+    def pure_forward() -> float:
+        start = time.perf_counter()
+        for b in timed_sizes:
+            forward(b)
+        return (time.perf_counter() - start) * len(sizes) / len(timed_sizes)
+
+    out_dir = work / "out" / f"throughput_{args['backbone']}_{args['size']}"
+
+    def end_to_end() -> tuple[float, float]:
+        start = time.perf_counter()
+        result = predictor.predict(
+            files.optical,
+            files.sar,
+            out_dir,
+            window=WINDOW,
+            overlap=OVERLAP,
+            batch_size=BATCH,
+            vector=None,
+            overwrite=True,
+            progress=False,
+        )
+        return time.perf_counter() - start, result.stats.seconds
+
+    def read_only() -> float:
+        start = time.perf_counter()
+        with SceneReader(files.optical, files.sar, routing) as reader:
+            for w in plan.windows():
+                reader.read(w)
+        return time.perf_counter() - start
+
+    forward(BATCH)  # warm-up
+    runs = []
+    for r in range(args["repeats"]):
+        if r % 2 == 0:
+            e2e, stats_s = end_to_end()
+            fwd = pure_forward()
+        else:
+            fwd = pure_forward()
+            e2e, stats_s = end_to_end()
+        runs.append({"e2e_s": e2e, "stats_s": stats_s, "forward_s": fwd, "ratio": e2e / fwd})
+        print(f"    run {r + 1}: predict {e2e:.1f} s, model {fwd:.1f} s", flush=True)
+    read_s = read_only()
+    return {
+        "windows": n_windows,
+        "batches": len(sizes),
+        "forward_batches_timed": len(timed_sizes),
+        "pixels": args["size"] ** 2,
+        "runs": runs,
+        "read_only_s": read_s,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _profile(work: Path, size: int, backbone: str) -> str:
+    """cProfile of one end-to-end predict (main thread: model, blending, writing)."""
+    from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
+    from gopt_geo.inference import Predictor
+
+    files = C.scene(work, size)
+    predictor = Predictor(
+        C.model("gopt", backbone).eval(), C.routing(), WHU_OPT_SAR_CLASSES, device="cpu"
+    )
+    prof = cProfile.Profile()
+    prof.enable()
+    predictor.predict(
+        files.optical,
+        files.sar,
+        work / "out" / "profile",
+        window=WINDOW,
+        overlap=OVERLAP,
+        batch_size=BATCH,
+        vector=None,
+        overwrite=True,
+        progress=False,
+    )
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(30)
+    return buf.getvalue()
+
+
+def _report(m: dict[str, Any], raw: dict[str, Any], command: str) -> str:
+    rows = []
+    for case, res in raw.items():
+        backbone, size = case.split(":")[0], int(case.split(":")[1])
+        e2e = C.median([r["e2e_s"] for r in res["runs"]])
+        fwd = C.median([r["forward_s"] for r in res["runs"]])
+        ratio = C.median([r["ratio"] for r in res["runs"]])
+        scaled = res["forward_batches_timed"] != res["batches"]
+        note = (
+            f" (model time: {res['forward_batches_timed']} of {res['batches']} batches, scaled)"
+            if scaled
+            else ""
+        )
+        rows.append(
+            [
+                f"GoPT / {C.BACKBONE_LABEL[backbone]}",
+                f"{size}²",
+                res["windows"],
+                len(res["runs"]),
+                f"{e2e:.1f}",
+                f"{res['pixels'] / 1e6 / e2e:.3f}",
+                f"{fwd:.1f}",
+                f"{res['read_only_s']:.1f}",
+                f"{ratio:.3f}" + note,
+                ", ".join(f"{r['ratio']:.2f}" for r in res["runs"]),
+                "yes" if ratio <= 1.10 else f"no (+{100 * (ratio - 1.10):.1f} points)",
+            ]
+        )
+    return "\n".join(
+        [
+            f"Command: `{command}`",
+            "",
+            C.machine_line(m),
+            "",
+            f"Window {WINDOW}, overlap {OVERLAP}, batch {BATCH}, CPU. Outputs: class map + "
+            "confidence (COG); no vector file (item 8). Model: GoPT with untrained prompters "
+            "and head (speed does not depend on their values); EfficientNet-Lite0 with its "
+            "packaged ImageNet weights, ViT-S/16 randomly initialised (no download possible).",
+            "",
+            C.table(
+                [
+                    "model",
+                    "scene",
+                    "windows",
+                    "runs",
+                    "predict s (median)",
+                    "MPix/s",
+                    "pure model s",
+                    "read-only s",
+                    "overhead ratio (median)",
+                    "per-run ratios",
+                    "≤ 1.10?",
+                ],
+                rows,
+            ),
+            "",
+            "predict s: wall time of `Predictor.predict` end to end (opening the rasters to the "
+            "finished COGs). pure model s: the same number of batches of the same shape, "
+            "already in memory, through `routing.prepare` + the model. read-only s: one "
+            "sequential pass of `SceneReader.read` over all windows (optical read + SAR warp "
+            "+ masks), no model. Ratios are medians of the per-run ratios (same process, "
+            "alternating order). Per-run values (in the results JSON) vary a lot on this shared "
+            "VM: the machine's speed itself changes between minutes (see the summary).",
+        ]
+    )
+
+
+def main() -> None:
+    if C.child_main(_measure):
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1024^2, 1 repeat")
+    parser.add_argument("--work", type=Path, default=C.DEFAULT_WORK)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--cases",
+        default="lite0:2048,vit_s:2048,lite0:8192",
+        help="backbone:size[:repeats[:forward_cap]] list (backbones: lite0, vit_s, ...)",
+    )
+    parser.add_argument("--profile", action="store_true", help="cProfile one 2048^2 predict")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the RESULTS.md section from the last run's results JSON",
+    )
+    args = parser.parse_args()
+    C.quiet()
+    if args.profile:
+        print(_profile(args.work, 2048, "lite0"))
+        return
+    results = args.work / "results" / "predict_throughput.json"
+    if args.report_only:
+        saved = json.loads(results.read_text())
+        command = saved.get("command", C.command_line([]))
+        title = "1. Prediction throughput and pipeline overhead"
+        C.publish(
+            "predict_throughput", title, _report(saved["machine"], saved["cases"], command), False
+        )
+        return
+    cases = "tiny:1024" if args.quick else args.cases
+    m = C.machine()
+    raw = {}
+    for case in cases.split(","):
+        parts = case.split(":")
+        backbone, size = parts[0], int(parts[1])
+        repeats = int(parts[2]) if len(parts) > 2 else (1 if args.quick else args.repeats)
+        cap = int(parts[3]) if len(parts) > 3 else None
+        print(f"{C.BACKBONE_LABEL[backbone]} {size}^2 x {repeats} ...", flush=True)
+        busy = C.wait_for_quiet()
+        res = C.run_child(
+            "predict_throughput.py",
+            {
+                "work": str(args.work),
+                "size": size,
+                "backbone": backbone,
+                "repeats": repeats,
+                "forward_cap": cap,
+            },
+        )
+        res["cpu_busy_before"] = busy
+        raw[case] = res
+    command = C.command_line()
+    if not args.quick:
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.write_text(json.dumps({"machine": m, "command": command, "cases": raw}, indent=2))
+    title = "1. Prediction throughput and pipeline overhead"
+    C.publish("predict_throughput", title, _report(m, raw, command), args.quick)
+
+
+if __name__ == "__main__":
+    main()

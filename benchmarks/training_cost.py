@@ -1,0 +1,188 @@
+"""Issue 7, item 5: training cost of GoPT vs early-fusion full fine-tuning.
+
+Time per optimisation step and peak memory, same backbone, batch and patch size, CPU.
+A step is what ``GoPTTask.training_step`` + Lightning's optimisation do: routing.prepare,
+forward with the target (GoPT adds its class-aware and alignment losses with the task's
+default weights 0.1), cross-entropy, backward, AdamW step over the model's trainable
+parameters only, zero_grad. Each (backbone, variant) runs in a fresh process: peak RSS
+(``ru_maxrss``) and its increase over the process right before the first step (model and
+optimiser built) are reported. Targets: GoPT <= 0.8x the time and <= 0.6x the memory.
+
+    ./run python benchmarks/training_cost.py
+    ./run python benchmarks/training_cost.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+
+def _measure(args: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from torch import nn
+
+    from gopt_geo.data.classes import IGNORE_INDEX, WHU_OPT_SAR_CLASSES
+
+    torch.manual_seed(0)
+    routing = C.routing()
+    model = C.model(args["variant"], args["backbone"])
+    model.train()
+    params = model.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+    criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    b, p = args["batch"], args["patch"]
+    image = torch.randn(b, len(routing.all_bands), p, p)
+    mask = torch.randint(0, WHU_OPT_SAR_CLASSES.num_classes, (b, p, p))
+    loss_weights = {"class_aware": 0.1, "alignment": 0.1}
+
+    def step() -> float:
+        rgb, aux = routing.prepare(image)
+        out = model(rgb, aux, target=mask)
+        loss = criterion(out.logits, mask)
+        for name, value in out.losses.items():
+            loss = loss + loss_weights.get(name, 0.0) * value
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss)
+
+    before = C.current_rss_mib()
+    peak_before = C.peak_rss_mib()
+    times = []
+    for i in range(args["warmup"] + args["steps"]):
+        start = time.perf_counter()
+        step()
+        if i >= args["warmup"]:
+            times.append(time.perf_counter() - start)
+    report = model.parameter_report()
+    return {
+        "times": times,
+        "rss_before_mib": before,
+        "peak_before_mib": peak_before,
+        "trainable": report.trainable,
+        "total": report.total,
+        "optimizer_tensors": len(params),
+    }
+
+
+def main() -> None:
+    if C.child_main(_measure):
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny backbone")
+    parser.add_argument("--work", type=Path, default=C.DEFAULT_WORK)
+    parser.add_argument("--backbones", default="lite0,vit_s")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--patch", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--processes", type=int, default=3, help="fresh processes per model")
+    args = parser.parse_args()
+    C.quiet()
+    backbones = ["tiny"] if args.quick else args.backbones.split(",")
+    steps, warmup = (2, 1) if args.quick else (args.steps, args.warmup)
+    m = C.machine()
+    rows, verdicts, raw = [], [], {}
+    for backbone in backbones:
+        res = {}
+        for variant in ("gopt", "early_fusion"):
+            print(f"{C.BACKBONE_LABEL[backbone]} {variant} ...", flush=True)
+            procs = []
+            for _ in range(1 if args.quick else args.processes):
+                C.wait_for_quiet(timeout=0 if args.quick else 60)
+                procs.append(
+                    C.run_child(
+                        "training_cost.py",
+                        {
+                            "backbone": backbone,
+                            "variant": variant,
+                            "batch": args.batch,
+                            "patch": args.patch,
+                            "steps": steps,
+                            "warmup": warmup,
+                        },
+                    )
+                )
+            # medians over processes: every step time, and the memory numbers
+            res[variant] = {
+                **procs[0],
+                "times": [t for p in procs for t in p["times"]],
+                "peak_rss_mib": C.median([p["peak_rss_mib"] for p in procs]),
+                "rss_before_mib": C.median([p["rss_before_mib"] for p in procs]),
+                "extra_mib": C.median([p["peak_rss_mib"] - p["rss_before_mib"] for p in procs]),
+                "processes": len(procs),
+            }
+        raw[backbone] = res
+        step_s = {v: C.median(r["times"]) for v, r in res.items()}
+        peak = {v: r["peak_rss_mib"] for v, r in res.items()}
+        extra = {v: r["extra_mib"] for v, r in res.items()}
+        for variant, r in res.items():
+            rows.append(
+                [
+                    C.BACKBONE_LABEL[backbone],
+                    "GoPT" if variant == "gopt" else "early fusion (full fine-tuning)",
+                    f"{r['trainable']:,}",
+                    f"{100 * r['trainable'] / r['total']:.2f}%",
+                    len(r["times"]),
+                    f"{step_s[variant]:.2f}",
+                    f"{peak[variant]:.0f}",
+                    f"{extra[variant]:.0f}",
+                ]
+            )
+        t_ratio = step_s["gopt"] / step_s["early_fusion"]
+        m_ratio = peak["gopt"] / peak["early_fusion"]
+        e_ratio = extra["gopt"] / extra["early_fusion"]
+        verdicts.append(
+            f"- {C.BACKBONE_LABEL[backbone]}: time GoPT / early fusion = {t_ratio:.2f} "
+            f"({'meets' if t_ratio <= 0.8 else 'misses'} ≤ 0.8); peak RSS ratio = "
+            f"{m_ratio:.2f}, training memory above the built model = {e_ratio:.2f} "
+            f"({'meets' if e_ratio <= 0.6 else 'misses'} ≤ 0.6 on the training memory; "
+            f"{'meets' if m_ratio <= 0.6 else 'misses'} it on the whole-process peak)."
+        )
+    (args.work / "results").mkdir(parents=True, exist_ok=True)
+    (args.work / "results" / "training_cost.json").write_text(
+        json.dumps({"machine": m, "runs": raw}, indent=2)
+    )
+    body = "\n".join(
+        [
+            f"Command: `{C.command_line()}`",
+            "",
+            C.machine_line(m),
+            "",
+            f"Batch {args.batch}, patch {args.patch}², CPU, fp32, AdamW over the trainable "
+            f"parameters; per process {warmup} warm-up steps then {steps} timed steps, "
+            f"{1 if args.quick else args.processes} fresh processes per model; "
+            "s / step = median over all timed steps, memory = median over the processes. "
+            "Peak RSS = whole process (interpreter, torch, frozen weights included); "
+            "'training memory' = peak RSS minus the RSS right before the first step.",
+            "",
+            C.table(
+                [
+                    "backbone",
+                    "model",
+                    "trainable params",
+                    "trainable %",
+                    "steps",
+                    "s / step",
+                    "peak RSS MiB",
+                    "training memory MiB",
+                ],
+                rows,
+            ),
+            "",
+            *verdicts,
+        ]
+    )
+    C.publish("training_cost", "5. Training cost: GoPT vs full fine-tuning", body, args.quick)
+
+
+if __name__ == "__main__":
+    main()
