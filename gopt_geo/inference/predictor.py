@@ -524,7 +524,8 @@ class Predictor:
         areas: np.ndarray | None,
     ) -> None:
         """Finished rows: argmax -> codes (nodata where invalid), confidence, probabilities."""
-        codes = self._lut[logits.argmax(0)]
+        # max(0).indices: the same as argmax(0), ~8x faster on CPU over [K, rows, W]
+        codes = self._lut[logits.max(0).indices]
         codes = torch.where(valid, codes, self.nodata)
         codes_np = codes.cpu().numpy()
         writers["class_map"].write(codes_np[None])
