@@ -61,7 +61,9 @@ def predict_breakdown(args: argparse.Namespace) -> None:
     spent: dict[str, float] = {}
     _timed_wrap(P.Predictor, "_infer", "model (Predictor._infer)", spent)
     _timed_wrap(P._Strip, "add", "_Strip.add", spent)
-    _timed_wrap(P._Strip, "pop", "_Strip.pop", spent)
+    for name in ("pop", "finished", "discard"):  # pop before c10f39c, the others since
+        if hasattr(P._Strip, name):
+            _timed_wrap(P._Strip, name, f"_Strip.{name}", spent)
     _timed_wrap(P.Predictor, "_write_rows", "Predictor._write_rows", spent)
     _timed_wrap(W.StripRasterWriter, "finish", "StripRasterWriter.finish (COG)", spent)
     _timed_wrap(concurrent.futures.Future, "result", "waiting for the reader thread", spent)
@@ -114,10 +116,46 @@ def write_rows(args: argparse.Namespace) -> None:
         for name, fn in cases.items():
             ms, results[name] = _median_ms(fn)
             print(f"  [{k}, {n}, {w}] {name:45s} {ms:7.0f} ms")
+        ms, _ = _median_ms(lambda: _call_write_rows(logits))
+        print(
+            f"  [{k}, {n}, {w}] {'Predictor._write_rows (class map + confidence)':45s} {ms:7.0f} ms"
+        )
         same = torch.equal(
             results["logits.argmax(0)  (what _write_rows does)"], results["logits.max(0).indices"]
         )
         print(f"  argmax(0) == max(0).indices: {same}")
+
+
+class _NullWriter:
+    def write(self, rows: Any) -> None:
+        pass
+
+
+@functools.cache
+def _null_predictor() -> Any:
+    """A Predictor whose model is never called: only its row-finishing code is used."""
+    from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
+    from gopt_geo.inference import predictor as P
+
+    model = C.model("optical_only", "tiny").eval()
+    return P.Predictor(model, C.routing(), WHU_OPT_SAR_CLASSES, device="cpu")
+
+
+def _call_write_rows(logits: Any) -> None:
+    """One real ``Predictor._write_rows`` call on ``logits`` [K, n, W] (UTM grid)."""
+    import numpy as np
+    import torch
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    from gopt_geo.inference.io import Grid
+
+    _, n, w = logits.shape
+    grid = Grid(CRS.from_epsg(32649), from_origin(0, 0, 10, 10), w, w)
+    writers = {"class_map": _NullWriter(), "confidence": _NullWriter()}
+    valid = torch.ones(n, w, dtype=torch.bool)
+    counts, areas = np.zeros(256, dtype=np.int64), np.zeros(256)
+    _null_predictor()._write_rows(logits, valid, 0, grid, writers, counts, areas)
 
 
 def strip_memory(args: argparse.Namespace) -> None:
