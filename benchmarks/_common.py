@@ -102,11 +102,15 @@ def machine() -> dict[str, Any]:
     try:
         commit = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "gopt_geo"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         code = commit + (" + uncommitted changes in gopt_geo/" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -298,6 +302,16 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(align) + " |"]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def save_raw(work: Path, name: str, data: dict[str, Any], quick: bool) -> None:
+    """Keep a full run's raw per-run numbers as JSON under ``work/results`` (a ``--quick``
+    smoke run must not overwrite them)."""
+    if quick:
+        return
+    folder = work / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(data, indent=2))
 
 
 def publish(name: str, title: str, body: str, quick: bool) -> None:

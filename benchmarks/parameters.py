@@ -16,7 +16,6 @@ file sizes do not depend on the weights' values.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -98,10 +97,7 @@ def main() -> None:
                 f"{100 * g['adapter_bytes'] / g['full_bytes']:.2f}%",
             ]
         )
-    (args.work / "results").mkdir(parents=True, exist_ok=True)
-    (args.work / "results" / "parameters.json").write_text(
-        json.dumps({"machine": m, "runs": raw}, indent=2)
-    )
+    C.save_raw(args.work, "parameters", {"machine": m, "runs": raw}, args.quick)
     body = "\n".join(
         [
             f"Command: `{C.command_line()}`",

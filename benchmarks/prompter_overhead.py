@@ -17,7 +17,6 @@ and a torch.profiler pass lists the operators the prompters spend their time in.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -183,10 +182,7 @@ def main() -> None:
                     f"- {C.BACKBONE_LABEL[backbone]}: one GoPT forward of {comp['total']:.2f} s = "
                     f"{parts}. Top operators (self CPU): {ops}."
                 )
-    (args.work / "results").mkdir(parents=True, exist_ok=True)
-    (args.work / "results" / "prompter_overhead.json").write_text(
-        json.dumps({"machine": m, "runs": raw}, indent=2)
-    )
+    C.save_raw(args.work, "prompter_overhead", {"machine": m, "runs": raw}, args.quick)
     body = "\n".join(
         [
             f"Command: `{C.command_line()}`",

@@ -15,7 +15,6 @@ optimiser built) are reported. Targets: GoPT <= 0.8x the time and <= 0.6x the me
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -147,10 +146,7 @@ def main() -> None:
             f"({'meets' if e_ratio <= 0.6 else 'misses'} ≤ 0.6 on the training memory; "
             f"{'meets' if m_ratio <= 0.6 else 'misses'} it on the whole-process peak)."
         )
-    (args.work / "results").mkdir(parents=True, exist_ok=True)
-    (args.work / "results" / "training_cost.json").write_text(
-        json.dumps({"machine": m, "runs": raw}, indent=2)
-    )
+    C.save_raw(args.work, "training_cost", {"machine": m, "runs": raw}, args.quick)
     body = "\n".join(
         [
             f"Command: `{C.command_line()}`",

@@ -12,7 +12,6 @@ each run is a fresh process (peak RSS = ``ru_maxrss``), median of ``--repeats``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -91,10 +90,7 @@ def main() -> None:
                 f"{runs[0]['bytes'] / 2**20:.1f}",
             ]
         )
-    (args.work / "results").mkdir(parents=True, exist_ok=True)
-    (args.work / "results" / "vectorize_speed.json").write_text(
-        json.dumps({"machine": m, "runs": raw}, indent=2)
-    )
+    C.save_raw(args.work, "vectorize_speed", {"machine": m, "runs": raw}, args.quick)
     body = "\n".join(
         [
             f"Command: `{C.command_line()}`",

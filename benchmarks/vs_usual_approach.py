@@ -20,7 +20,6 @@ Each run is a fresh process (peak RSS = ``ru_maxrss``); the two approaches alter
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -201,10 +200,7 @@ def main() -> None:
                     f"{100 * agree:.2f}%" if approach == "gopt-geo" else "",
                 ]
             )
-    (args.work / "results").mkdir(parents=True, exist_ok=True)
-    (args.work / "results" / "vs_usual_approach.json").write_text(
-        json.dumps({"machine": m, "cases": raw}, indent=2)
-    )
+    C.save_raw(args.work, "vs_usual_approach", {"machine": m, "cases": raw}, args.quick)
     body = "\n".join(
         [
             f"Command: `{C.command_line()}`",
