@@ -107,7 +107,7 @@ def write_rows(args: argparse.Namespace) -> None:
     logits = torch.randn(k, n, w)
     with torch.inference_mode():
         cases = {
-            "logits.argmax(0)  (what _write_rows does)": lambda: logits.argmax(0),
+            "logits.argmax(0)  (_write_rows before d57c904)": lambda: logits.argmax(0),
             "logits.max(0).indices": lambda: logits.max(0).indices,
             "softmax(0) (confidence)": lambda: torch.softmax(logits, dim=0),
             "amax(0)": lambda: logits.amax(0),
@@ -121,7 +121,8 @@ def write_rows(args: argparse.Namespace) -> None:
             f"  [{k}, {n}, {w}] {'Predictor._write_rows (class map + confidence)':45s} {ms:7.0f} ms"
         )
         same = torch.equal(
-            results["logits.argmax(0)  (what _write_rows does)"], results["logits.max(0).indices"]
+            results["logits.argmax(0)  (_write_rows before d57c904)"],
+            results["logits.max(0).indices"],
         )
         print(f"  argmax(0) == max(0).indices: {same}")
 
