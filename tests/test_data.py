@@ -59,10 +59,8 @@ def test_statistics_come_from_training_patches(scene_root: Path) -> None:
     assert abs(float(rgb.mean())) < 0.3 and 0.7 < float(rgb.std()) < 1.3
 
 
-def test_splits_are_spatially_disjoint(scene_root: Path) -> None:
-    dm = _dm(scene_root)
-    dm.setup("fit")
-    dm.setup("test")
+def patch_boxes(dm: OpticalSarDataModule) -> dict[str, list]:
+    """Footprints of every patch each split's sampler yields (none may be empty)."""
     boxes = {}
     for split, sampler in (
         ("train", dm.train_sampler),
@@ -71,6 +69,14 @@ def test_splits_are_spatially_disjoint(scene_root: Path) -> None:
     ):
         boxes[split] = [shapely.box(x.start, y.start, x.stop, y.stop) for x, y in sampler]
         assert boxes[split], split
+    return boxes
+
+
+def test_splits_are_spatially_disjoint(scene_root: Path) -> None:
+    dm = _dm(scene_root)
+    dm.setup("fit")
+    dm.setup("test")
+    boxes = patch_boxes(dm)
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         ua, ub = shapely.union_all(boxes[a]), shapely.union_all(boxes[b])
         assert ua.intersection(ub).area == 0, (a, b)
@@ -218,14 +224,7 @@ def test_row_bands_split_a_single_scene(tmp_path: Path) -> None:
     )
     dm.setup("fit")
     dm.setup("test")
-    boxes = {}
-    for split, sampler in (
-        ("train", dm.train_sampler),
-        ("val", dm.val_sampler),
-        ("test", dm.test_sampler),
-    ):
-        boxes[split] = [shapely.box(x.start, y.start, x.stop, y.stop) for x, y in sampler]
-        assert boxes[split], split
+    boxes = patch_boxes(dm)
     top = 3_400_000
     # train patches come from the top 60% of the scene, test ones from the bottom
     assert min(b.bounds[1] for b in boxes["train"]) >= top - 0.6 * 1600
