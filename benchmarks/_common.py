@@ -43,6 +43,7 @@ SECTIONS = (
     "parameters",
     "accuracy",
     "vectorize_speed",
+    "demo",
 )
 
 HEADER = """# gopt-geo benchmarks

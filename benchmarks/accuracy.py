@@ -126,7 +126,7 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
     from gopt_geo.checkpoint import read_adapter_metadata
     from gopt_geo.config import load_config
     from gopt_geo.evaluation import evaluate_maps
-    from gopt_geo.inference import Predictor
+    from gopt_geo.inference import PredictOptions, Predictor
     from gopt_geo.training import train
 
     cfg = load_config(None, _settings(args))
@@ -137,13 +137,15 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
         args["test_optical"],
         args["test_sar"],
         Path(args["out"]) / "map",
-        window=256,
-        overlap=0.25,
-        batch_size=4,
-        confidence=False,
-        vector=None,
-        overwrite=True,
-        progress=False,
+        PredictOptions(
+            window=256,
+            overlap=0.25,
+            batch_size=4,
+            confidence=False,
+            vector=None,
+            overwrite=True,
+            progress=False,
+        ),
     )
     predict_s = time.perf_counter() - start
     scores = {

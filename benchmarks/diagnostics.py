@@ -7,9 +7,10 @@ directly (run it before and after):
         where the main thread of one Predictor.predict spends its time (model, waiting
         for the reader thread, strip accumulation, finishing rows, COG conversion)
     ./run python benchmarks/diagnostics.py write-rows [--width 8192]
-        the operations of Predictor._write_rows on one strip, and argmax alternatives
+        the operations of OutputSet.write_rows on one strip, and argmax alternatives
     ./run python benchmarks/diagnostics.py strip-memory [--width 16384]
-        RSS added by the accumulator strip, _Strip.pop and _write_rows at one width
+        RSS added by the accumulator strip (RowStrip), finishing its rows and
+        OutputSet.write_rows at one width
     ./run python benchmarks/diagnostics.py read-breakdown [--size 8192]
         SceneReader.read split into optical / SAR reads and masks
     ./run python benchmarks/diagnostics.py train-checkpoint [--backbone vit_s]
@@ -55,16 +56,18 @@ def predict_breakdown(args: argparse.Namespace) -> None:
     import torch
 
     from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
+    from gopt_geo.inference import PredictOptions
+    from gopt_geo.inference import outputs as O
     from gopt_geo.inference import predictor as P
+    from gopt_geo.inference import tiling as T
     from gopt_geo.inference import writers as W
 
     spent: dict[str, float] = {}
     _timed_wrap(P.Predictor, "_infer", "model (Predictor._infer)", spent)
-    _timed_wrap(P._Strip, "add", "_Strip.add", spent)
-    for name in ("pop", "finished", "discard"):  # pop before c10f39c, the others since
-        if hasattr(P._Strip, name):
-            _timed_wrap(P._Strip, name, f"_Strip.{name}", spent)
-    _timed_wrap(P.Predictor, "_write_rows", "Predictor._write_rows", spent)
+    _timed_wrap(T.RowStrip, "add", "RowStrip.add", spent)
+    for name in ("finished", "discard"):
+        _timed_wrap(T.RowStrip, name, f"RowStrip.{name}", spent)
+    _timed_wrap(O.OutputSet, "write_rows", "OutputSet.write_rows", spent)
     _timed_wrap(W.StripRasterWriter, "finish", "StripRasterWriter.finish (COG)", spent)
     _timed_wrap(concurrent.futures.Future, "result", "waiting for the reader thread", spent)
     files = C.scene(args.work, args.size)
@@ -79,9 +82,7 @@ def predict_breakdown(args: argparse.Namespace) -> None:
         files.optical,
         files.sar,
         args.work / "out" / "diagnostics",
-        vector=None,
-        overwrite=True,
-        progress=False,
+        PredictOptions(vector=None, overwrite=True, progress=False),
     )
     total = time.perf_counter() - start
     print(f"predict {args.size}^2 with GoPT / {C.BACKBONE_LABEL[args.backbone]}: {total:.2f} s")
@@ -118,7 +119,7 @@ def write_rows(args: argparse.Namespace) -> None:
             print(f"  [{k}, {n}, {w}] {name:45s} {ms:7.0f} ms")
         ms, _ = _median_ms(lambda: _call_write_rows(logits))
         print(
-            f"  [{k}, {n}, {w}] {'Predictor._write_rows (class map + confidence)':45s} {ms:7.0f} ms"
+            f"  [{k}, {n}, {w}] {'OutputSet.write_rows (class map + confidence)':45s} {ms:7.0f} ms"
         )
         same = torch.equal(
             results["logits.argmax(0)  (_write_rows before d57c904)"],
@@ -133,55 +134,47 @@ class _NullWriter:
 
 
 @functools.cache
-def _null_predictor() -> Any:
-    """A Predictor whose model is never called: only its row-finishing code is used."""
-    from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
-    from gopt_geo.inference import predictor as P
+def _null_outputs(width: int) -> Any:
+    """An OutputSet (class map + confidence, UTM grid ``width`` wide) whose rasters are
+    never written: only its row-finishing code is used."""
+    import tempfile
 
-    model = C.model("optical_only", "tiny").eval()
-    return P.Predictor(model, C.routing(), WHU_OPT_SAR_CLASSES, device="cpu")
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
+    from gopt_geo.inference import Grid, OutputSet, PredictOptions
+
+    grid = Grid(CRS.from_epsg(32649), from_origin(0, 0, 10, 10), width, width)
+    options = PredictOptions(vector=None, overwrite=True)
+    with tempfile.TemporaryDirectory() as folder:
+        outputs = OutputSet(Path(folder) / "null.tif", Path(folder), WHU_OPT_SAR_CLASSES, options)
+        outputs.open(grid).abort()  # no files: the writers are replaced below
+    outputs.writers = {name: _NullWriter() for name in outputs.writers}  # type: ignore[assignment]
+    return outputs
 
 
 def _call_write_rows(logits: Any) -> None:
-    """One real ``Predictor._write_rows`` call on ``logits`` [K, n, W] (UTM grid)."""
-    import numpy as np
+    """One real ``OutputSet.write_rows`` call on ``logits`` [K, n, W] (UTM grid)."""
     import torch
-    from rasterio.crs import CRS
-    from rasterio.transform import from_origin
-
-    from gopt_geo.inference.io import Grid
 
     _, n, w = logits.shape
-    grid = Grid(CRS.from_epsg(32649), from_origin(0, 0, 10, 10), w, w)
-    writers = {"class_map": _NullWriter(), "confidence": _NullWriter()}
     valid = torch.ones(n, w, dtype=torch.bool)
-    counts, areas = np.zeros(256, dtype=np.int64), np.zeros(256)
-    _null_predictor()._write_rows(logits, valid, 0, grid, writers, counts, areas)
+    _null_outputs(w).write_rows(0, logits, valid)
 
 
 def strip_memory(args: argparse.Namespace) -> None:
-    import numpy as np
     import torch
-    from rasterio.crs import CRS
-    from rasterio.transform import from_origin
     from rasterio.windows import Window
 
-    from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
-    from gopt_geo.inference import predictor as P
-    from gopt_geo.inference.io import Grid
-
-    class NullWriter:
-        def write(self, rows: Any) -> None:
-            pass
+    from gopt_geo.inference import tiling as T
 
     width = args.width
-    predictor = P.Predictor(
-        C.model("optical_only", "tiny").eval(), C.routing(), WHU_OPT_SAR_CLASSES, device="cpu"
-    )
+    outputs = _null_outputs(width)
     base = C.current_rss_mib()
     peak0 = max(C.peak_rss_mib(), base)
-    strip = P._Strip(7, 512, width, torch.device("cpu"))
-    weight = P.blend_weight(512, 512)
+    strip = T.RowStrip(7, 512, width, torch.device("cpu"))
+    weight = T.blend_weight(512, 512)
     with torch.inference_mode():
         for col in range(0, width - 511, 384):
             strip.add(
@@ -191,22 +184,15 @@ def strip_memory(args: argparse.Namespace) -> None:
                 torch.ones(512, 512, dtype=torch.bool),
             )
         print(f"width {width}: strip filled            +{C.current_rss_mib() - base:6.0f} MiB")
-        grid = Grid(CRS.from_epsg(32649), from_origin(0, 0, 10, 10), width, width)
-        writers = {"class_map": NullWriter(), "confidence": NullWriter()}
-        counts, areas = np.zeros(256, dtype=np.int64), np.zeros(256)
-        if hasattr(strip, "finished"):  # since c10f39c: rows finished in chunks
-            for row0, logits, valid in strip.finished(384):
-                predictor._write_rows(logits, valid, row0, grid, writers, counts, areas)
-            strip.discard(384)
-        else:  # before: the whole finished part of the strip at once
-            logits, valid = strip.pop(384)
-            predictor._write_rows(logits, valid, 0, grid, writers, counts, areas)
+        for row0, logits, valid in strip.finished(384):  # rows finished in chunks (c10f39c)
+            outputs.write_rows(row0, logits, valid)
+        strip.discard(384)
         print(f"  384 rows finished + shift  peak +{C.peak_rss_mib() - peak0:6.0f} MiB")
 
 
 def read_breakdown(args: argparse.Namespace) -> None:
-    from gopt_geo.inference.io import SceneReader
-    from gopt_geo.inference.predictor import WindowPlan
+    from gopt_geo.inference.reader import SceneReader
+    from gopt_geo.inference.tiling import WindowPlan
 
     files = C.scene(args.work, args.size)
     plan = WindowPlan.for_grid(args.size, args.size, 512, 0.25)

@@ -38,9 +38,9 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
-    from gopt_geo.inference import Predictor
-    from gopt_geo.inference.io import SceneReader
-    from gopt_geo.inference.predictor import WindowPlan
+    from gopt_geo.inference import PredictOptions, Predictor
+    from gopt_geo.inference.reader import SceneReader
+    from gopt_geo.inference.tiling import WindowPlan
 
     work = Path(args["work"])
     files = C.scene(work, args["size"])
@@ -66,20 +66,18 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
         return (time.perf_counter() - start) * len(sizes) / len(timed_sizes)
 
     out_dir = work / "out" / f"throughput_{args['backbone']}_{args['size']}"
+    options = PredictOptions(
+        window=WINDOW,
+        overlap=OVERLAP,
+        batch_size=BATCH,
+        vector=None,
+        overwrite=True,
+        progress=False,
+    )
 
     def end_to_end() -> tuple[float, float]:
         start = time.perf_counter()
-        result = predictor.predict(
-            files.optical,
-            files.sar,
-            out_dir,
-            window=WINDOW,
-            overlap=OVERLAP,
-            batch_size=BATCH,
-            vector=None,
-            overwrite=True,
-            progress=False,
-        )
+        result = predictor.predict(files.optical, files.sar, out_dir, options)
         return time.perf_counter() - start, result.stats.seconds
 
     def read_only() -> float:
@@ -115,7 +113,7 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
 def _profile(work: Path, size: int, backbone: str) -> str:
     """cProfile of one end-to-end predict (main thread: model, blending, writing)."""
     from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
-    from gopt_geo.inference import Predictor
+    from gopt_geo.inference import PredictOptions, Predictor
 
     files = C.scene(work, size)
     predictor = Predictor(
@@ -127,12 +125,14 @@ def _profile(work: Path, size: int, backbone: str) -> str:
         files.optical,
         files.sar,
         work / "out" / "profile",
-        window=WINDOW,
-        overlap=OVERLAP,
-        batch_size=BATCH,
-        vector=None,
-        overwrite=True,
-        progress=False,
+        PredictOptions(
+            window=WINDOW,
+            overlap=OVERLAP,
+            batch_size=BATCH,
+            vector=None,
+            overwrite=True,
+            progress=False,
+        ),
     )
     prof.disable()
     buf = io.StringIO()

@@ -42,7 +42,7 @@ def usual_predict(files: Any, model: Any, routing: Any, classes: Any, out: Path)
     from torchgeo.samplers import GriddedPatchSampler
 
     from gopt_geo.data.rasters import OpticalRaster, SarRaster, collate_intersection
-    from gopt_geo.inference.predictor import blend_weight
+    from gopt_geo.inference.tiling import blend_weight
 
     opt = OpticalRaster(files.optical, routing.optical_bands)
     sar = SarRaster(files.sar, routing.sar_bands, crs=opt.crs, res=opt.res)
@@ -90,7 +90,7 @@ def usual_predict(files: Any, model: Any, routing: Any, classes: Any, out: Path)
 
 def _measure(args: dict[str, Any]) -> dict[str, Any]:
     from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
-    from gopt_geo.inference import Predictor
+    from gopt_geo.inference import PredictOptions, Predictor
 
     work = Path(args["work"])
     files = C.scene(work, args["size"])
@@ -108,13 +108,15 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
             files.optical,
             files.sar,
             out_dir,
-            window=WINDOW,
-            overlap=OVERLAP,
-            batch_size=BATCH,
-            confidence=False,
-            vector=None,
-            overwrite=True,
-            progress=False,
+            PredictOptions(
+                window=WINDOW,
+                overlap=OVERLAP,
+                batch_size=BATCH,
+                confidence=False,
+                vector=None,
+                overwrite=True,
+                progress=False,
+            ),
         )
         out, n = result.class_map, result.stats.windows
     return {

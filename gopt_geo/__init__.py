@@ -1,10 +1,7 @@
 """gopt-geo: land-cover mapping from optical + SAR with Grouping Prompt Tuning (GoPT)."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("gopt-geo")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+#: The package version; pyproject.toml reads it from here, so a checkout run through
+#: ``PYTHONPATH`` (as ``./run`` does) reports the same version as an installed copy.
+__version__ = "0.2.0"
 
 __all__ = ["__version__"]

@@ -7,8 +7,7 @@ file and the problem and exit with status 2, without a traceback.
 from __future__ import annotations
 
 import functools
-import json
-import sys
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +15,10 @@ from typing import Annotated, Any
 import typer
 
 from .errors import GoptGeoError
+
+#: Environment variable (and --threads) for torch's CPU threads; applied in io.resolve_device
+#: (repeated here so that the CLI does not import rasterio before it needs to).
+THREADS_ENV = "GOPT_GEO_THREADS"
 
 app = typer.Typer(
     name="gopt-geo",
@@ -45,6 +48,26 @@ def user_errors[F: Callable[..., Any]](fn: F) -> F:
 
 def _echo(msg: str = "") -> None:
     typer.echo(msg)
+
+
+@app.callback()
+def main(
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            envvar=THREADS_ENV,
+            help="CPU threads for torch (train, predict, evaluate, demo); default: all "
+            "cores. Lower it on a shared machine: oversubscribed threads make the same run "
+            "many times slower.",
+        ),
+    ] = None,
+) -> None:
+    """Land-cover mapping from optical + SAR imagery with Grouping Prompt Tuning (GoPT)."""
+    if threads is not None:
+        if threads < 1:
+            typer.echo(f"error: --threads {threads}: expected a positive number", err=True)
+            raise typer.Exit(2)
+        os.environ[THREADS_ENV] = str(threads)  # applied where torch is first set up
 
 
 @app.command()
@@ -88,6 +111,9 @@ def train(
         typer.Option("--set", help="Override a config value: key.sub=value (repeatable)."),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the run already in output_dir (its files only).")
+    ] = False,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     devices: Annotated[int | None, typer.Option(help="Devices per node (Lightning).")] = None,
     num_nodes: Annotated[int | None, typer.Option(help="Nodes (Lightning).")] = None,
@@ -107,13 +133,21 @@ def train(
         if value is not None:
             overrides.append(f"train.{key}={value}")
     cfg = load_config(config, overrides)
-    result = run_training(cfg, resume=resume, log=_echo)
+    result = run_training(cfg, resume=resume, overwrite=overwrite, log=_echo)
+    if result.finished_before:
+        return
     _echo(f"trained in {result.seconds:.0f} s; outputs in {result.output_dir}")
-    _echo(f"  adapter (best epoch): {result.adapter}")
+    if result.adapter is None:
+        _echo(
+            "  no adapter written: training ended before the first validation "
+            "(train.max_steps shorter than one epoch?)"
+        )
+    else:
+        _echo(f"  adapter (best epoch): {result.adapter}")
     if "val" in result.metrics:
         from .evaluation import Metrics
 
-        _echo("  validation: " + Metrics(**result.metrics["val"]).summary())
+        _echo("  validation: " + Metrics.from_dict(result.metrics["val"]).summary())
 
 
 @app.command()
@@ -134,6 +168,7 @@ def evaluate(
 ) -> None:
     """Score a model on a data split (--model, --config), or a class map against a reference."""
     from .evaluation import evaluate_maps
+    from .io import ensure_output_dir, strict_json, write_text_atomic
 
     if prediction is not None:
         if reference is None or model is not None:
@@ -146,17 +181,20 @@ def evaluate(
         if model is None or config is None:
             raise GoptGeoError("give --model ADAPTER and --config FILE (or PRED.tif REFERENCE.tif)")
         from .config import load_config
-        from .training import evaluate_model
+        from .evaluation import evaluate_model
 
         cfg = load_config(config, set_)
         metrics = evaluate_model(model, cfg, split=split, device=device)
         default_out = model.parent / f"{model.stem}.metrics-{split}.json"
     _echo(metrics.summary())
     for name, iou, acc in zip(metrics.class_names, metrics.iou, metrics.accuracy, strict=False):
-        _echo(f"  {name:<12} IoU {100 * iou:6.2f}  acc {100 * acc:6.2f}")
+        if name in metrics.absent:
+            _echo(f"  {name:<12} absent from the data")
+        else:
+            _echo(f"  {name:<12} IoU {100 * iou:6.2f}  acc {100 * acc:6.2f}")
     out = output or default_out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(metrics.to_dict(), indent=2))
+    ensure_output_dir(out.parent)
+    write_text_atomic(out, strict_json(metrics.to_dict()))
     _echo(f"metrics written to {out}")
 
 
@@ -182,33 +220,31 @@ def predict(
     ] = False,
     confidence: Annotated[bool, typer.Option(help="Write the confidence map.")] = True,
     vector: Annotated[str, typer.Option(help="gpkg, parquet, geojson or none.")] = "gpkg",
-    min_area: Annotated[float, typer.Option(help="Drop polygons smaller than this (m^2).")] = 0.0,
-    simplify: Annotated[float, typer.Option(help="Simplification tolerance (map units).")] = 0.0,
+    min_area: Annotated[float, typer.Option(help="Drop polygons smaller than this (m²).")] = 0.0,
+    simplify: Annotated[
+        float, typer.Option(help="Simplification tolerance in metres (0: none).")
+    ] = 0.0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Map a whole scene: class map COG, confidence, vector land cover and a run report."""
+    from .inference.options import PredictOptions
     from .inference.predictor import predict_scene
 
-    if vector not in ("gpkg", "parquet", "geojson", "none"):
-        raise GoptGeoError(f"--vector {vector!r}: expected gpkg, parquet, geojson or none")
-    result = predict_scene(
-        scene,
-        sar,
-        model,
-        out_dir,
-        device=device,
+    options = PredictOptions(
         window=window,
         overlap=overlap,
         batch_size=batch_size,
         probabilities=probabilities,
         confidence=confidence,
-        vector=None if vector == "none" else vector,
+        vector=vector,
         min_area=min_area,
         simplify=simplify,
         overwrite=overwrite,
         progress=progress,
+        device=device,
     )
+    result = predict_scene(scene, sar, model, out_dir, options)
     s = result.stats
     _echo(
         f"mapped {s.pixels:,} px in {s.seconds:.1f} s ({s.mpix_per_s:.2f} MPix/s, {s.windows} "
@@ -230,8 +266,10 @@ def predict(
 def vectorize(
     class_map: Annotated[Path, typer.Argument(help="A class map GeoTIFF.")],
     output: Annotated[Path, typer.Option("-o", "--output", help=".gpkg, .parquet or .geojson")],
-    min_area: Annotated[float, typer.Option(help="Drop polygons smaller than this (m^2).")] = 0.0,
-    simplify: Annotated[float, typer.Option(help="Simplification tolerance (map units).")] = 0.0,
+    min_area: Annotated[float, typer.Option(help="Drop polygons smaller than this (m²).")] = 0.0,
+    simplify: Annotated[
+        float, typer.Option(help="Simplification tolerance in metres (0: none).")
+    ] = 0.0,
     block_size: Annotated[int, typer.Option(help="Rows per block (memory bound).")] = 2048,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
 ) -> None:
@@ -256,7 +294,7 @@ def vectorize(
 @user_errors
 def info(adapter: Annotated[Path, typer.Argument(help="Adapter file (.safetensors).")]) -> None:
     """What a model is: backbone and weights, bands, classes, parameters, metrics."""
-    from .checkpoint import describe_adapter
+    from .adapter import describe_adapter
 
     _echo(describe_adapter(adapter))
 
@@ -279,11 +317,3 @@ def demo(
     result = run_demo(out, fast=fast, overwrite=overwrite, device=device, log=_echo)
     _echo("")
     _echo(result.report_markdown.read_text())
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())

@@ -13,12 +13,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
+from .data.bands import BandRouting
+from .data.classes import ClassScheme, resolve_scheme
 from .errors import InputError
-from .models import ModelConfig
+from .models.config import ModelConfig
 
 
 @dataclass
@@ -32,7 +34,13 @@ class DataConfig:
     rgb_bands: list[str] = field(default_factory=lambda: ["R", "G", "B"])
     aux_bands: list[str] | None = None  # None: every non-RGB band
     sar_units: str = "db"  # db | linear | amplitude
-    classes: str = "whu_opt_sar"
+    # stored optical value -> physical: (stored + offset) * scale, one value or one per band
+    optical_scale: float | list[float] | None = None  # Sentinel-2 L2A: 0.0001
+    optical_offset: float | list[float] | None = None  # Sentinel-2 L2A (baseline >= 04.00): -1000
+    optical_band_indices: list[int] | None = None  # 1-based, for files without band names
+    # a built-in scheme's name, a .yaml/.json file, or a list of {code, name, colour}
+    classes: str | list[dict[str, Any]] = "whu_opt_sar"
+    ignore_codes: list[int] | None = None  # None: the scheme's own (inline: none)
     scenes: dict[str, list[str]] | None = None  # explicit {train,val,test} scene names
     split_rows: list[float] | None = None  # e.g. [0.7, 0.15, 0.15]: row bands of each scene
     patch_size: int = 256
@@ -71,9 +79,43 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
     output_dir: str = "runs/default"
+    #: the config file's folder (relative class-scheme files are found there); set by
+    #: load_config on the instance, not a config key
+    base_dir: ClassVar[Path | None] = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def class_scheme(self) -> ClassScheme:
+        """The run's class scheme (``data.classes``: built-in name, file or inline list;
+        a relative file is found beside the config file)."""
+        try:
+            return resolve_scheme(self.data.classes, self.data.ignore_codes, self.base_dir)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+
+    def band_routing(self) -> BandRouting:
+        """The run's band routing (without statistics; those come from the training data)."""
+        d = self.data
+        try:
+            return BandRouting(
+                tuple(d.optical_bands),
+                tuple(d.sar_bands),
+                tuple(d.rgb_bands),
+                tuple(d.aux_bands) if d.aux_bands is not None else None,
+                d.sar_units,
+                optical_scale=_floats(d.optical_scale),
+                optical_offset=_floats(d.optical_offset),
+                optical_indices=tuple(d.optical_band_indices or ()),
+            )
+        except ValueError as err:
+            raise InputError(f"data: {err}") from None
+
+
+def _floats(value: float | list[float] | None) -> tuple[float, ...]:
+    if value is None:
+        return ()
+    return tuple(float(v) for v in value) if isinstance(value, list) else (float(value),)
 
 
 def _type_name(tp: Any) -> str:
@@ -167,6 +209,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key, raw = item.split("=", 1)
         _set(tree, key.strip(), raw)
     try:
-        return _build(RunConfig, tree)
+        cfg = _build(RunConfig, tree)
     except InputError as err:
         raise InputError(f"{path}: {err}" if path else str(err)) from None
+    if path is not None:
+        cfg.base_dir = Path(path).resolve().parent  # type: ignore[misc]
+    return cfg

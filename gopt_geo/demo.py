@@ -92,6 +92,7 @@ def run_demo(
     """Run the whole chain into ``out``; returns the comparison (see module docstring)."""
     from .data.synthetic import make_scenes
     from .evaluation import evaluate_maps
+    from .inference.options import PredictOptions
     from .inference.predictor import Predictor
     from .training import train
 
@@ -117,18 +118,10 @@ def run_demo(
         result = train(cfg, log=lambda m: log("      " + m))
         pred_dir = out / "maps" / variant
         predictor = Predictor.from_adapter(result.adapter, device=device)
-        prediction = predictor.predict(
-            test.optical,
-            test.sar,
-            pred_dir,
-            window=256,
-            overlap=0.25,
-            batch_size=4,
-            vector="gpkg",
-            min_area=0.0,
-            overwrite=True,
-            progress=False,
+        options = PredictOptions(
+            window=256, overlap=0.25, batch_size=4, vector="gpkg", overwrite=True, progress=False
         )
+        prediction = predictor.predict(test.optical, test.sar, pred_dir, options)
         maps[variant] = prediction.class_map
         overall = evaluate_maps(prediction.class_map, test.labels)
         clouds = evaluate_maps(prediction.class_map, test.labels, within=test.clouds)
@@ -198,7 +191,7 @@ def draw_figure(scene: Any, maps: dict[str, Path], path: Path, max_size: int = 5
 
     from .data.classes import WHU_OPT_SAR_CLASSES
     from .data.plotting import stretch
-    from .data.rasters import warp_onto
+    from .io import warp_onto
 
     with (
         rasterio.open(scene.optical) as src,

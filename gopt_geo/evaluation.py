@@ -8,19 +8,26 @@ columns = prediction, ignored pixels never enter the matrix):
 - AA: mean over classes of per-class recall (producer's accuracy);
 - kappa: (OA - pe) / (1 - pe), pe = sum(row_total * col_total) / total^2;
 - IoU_k: tp / (tp + fp + fn); mIoU: mean over classes present in reference or prediction.
+
+A class that appears in neither the reference nor the prediction is *absent*: it has no
+IoU or accuracy (``None`` in JSON, listed in ``absent``) and is left out of every mean.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .data.classes import IGNORE_INDEX, ClassScheme
 from .errors import InputError
+from .io import finite_or_none
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 
 def confusion_matrix(
@@ -50,15 +57,41 @@ class Metrics:
     accuracy: list[float]
     pixels: int
     class_names: list[str] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Strict-JSON-ready: values that do not exist (absent classes, no pixels) are None."""
+        return finite_or_none(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Metrics:
+        def num(v: Any) -> float:
+            return float("nan") if v is None else float(v)
+
+        return cls(
+            oa=num(d["oa"]),
+            aa=num(d["aa"]),
+            kappa=num(d["kappa"]),
+            miou=num(d["miou"]),
+            iou=[num(v) for v in d["iou"]],
+            accuracy=[num(v) for v in d["accuracy"]],
+            pixels=int(d["pixels"]),
+            class_names=list(d.get("class_names", [])),
+            absent=list(d.get("absent", [])),
+        )
 
     def summary(self) -> str:
-        return (
-            f"mIoU {100 * self.miou:.2f}  OA {100 * self.oa:.2f}  AA {100 * self.aa:.2f}  "
-            f"kappa {self.kappa:.4f}  ({self.pixels:,} px)"
+        def pct(v: float) -> str:
+            return f"{100 * v:.2f}" if np.isfinite(v) else "n/a"
+
+        kappa = f"{self.kappa:.4f}" if np.isfinite(self.kappa) else "n/a"
+        text = (
+            f"mIoU {pct(self.miou)}  OA {pct(self.oa)}  AA {pct(self.aa)}  "
+            f"kappa {kappa}  ({self.pixels:,} px)"
         )
+        if self.absent:
+            text += f"; absent from the data, left out of the means: {', '.join(self.absent)}"
+        return text
 
 
 def _nanmean(values: np.ndarray) -> float:
@@ -80,6 +113,8 @@ def metrics_from_confusion(cm: np.ndarray, class_names: list[str] | None = None)
         iou = np.where(union > 0, tp / union, np.nan)
         pe = (ref * pred).sum() / (total * total) if total else float("nan")
         kappa = (oa - pe) / (1 - pe) if total and pe != 1 else float("nan")
+    names = list(class_names or [])
+    gone = np.flatnonzero((ref == 0) & (pred == 0))
     return Metrics(
         oa=float(oa),
         aa=_nanmean(recall),
@@ -88,7 +123,8 @@ def metrics_from_confusion(cm: np.ndarray, class_names: list[str] | None = None)
         iou=[float(v) for v in iou],
         accuracy=[float(v) for v in recall],
         pixels=int(total),
-        class_names=list(class_names or []),
+        class_names=names,
+        absent=[names[i] if i < len(names) else str(i) for i in gone],
     )
 
 
@@ -104,20 +140,24 @@ def evaluate_maps(
     The reference is warped onto the prediction's grid with nearest-neighbour when the
     grids differ (a ``WarpedVRT``, read strip by strip, so memory stays flat). Pixels
     that are nodata in either raster, or the reference's ignore code, are skipped.
-    Codes become class indices through the scheme embedded in the prediction (or
-    ``classes``; WHU-OPT-SAR's by default). ``within``: a 0/1 raster on the
+    Codes become class indices through ``classes``, or the scheme embedded in the
+    prediction; a map with neither is refused. ``within``: a 0/1 raster on the
     prediction's grid (e.g. a cloud mask); only its non-zero pixels are scored.
     """
     from rasterio.enums import Resampling
     from rasterio.windows import Window
 
-    from .data.classes import WHU_OPT_SAR_CLASSES
-    from .data.rasters import check_overlap, open_raster, same_grid, warp_onto
-    from .inference.writers import read_class_scheme
+    from .data.classes import scheme_from_tags
+    from .io import check_overlap, open_raster, same_grid, warp_onto
 
     check_overlap(prediction, reference, "reference")
     with open_raster(prediction) as pred, open_raster(reference) as ref:
-        scheme = classes or read_class_scheme(pred) or WHU_OPT_SAR_CLASSES
+        scheme = classes or scheme_from_tags(pred.tags())
+        if scheme is None:
+            raise InputError(
+                f"{prediction}: the map carries no gopt-geo class scheme; give the scheme "
+                "(a map written by gopt-geo predict has one)"
+            )
         lut = scheme.code_to_index_lut().astype(np.int64)
         src = (
             ref
@@ -150,4 +190,53 @@ def evaluate_maps(
                 src.close()
             if region is not None:
                 region.close()
+    if cm.sum() == 0:
+        raise InputError(
+            f"{prediction}: no pixel to score against {reference} (no valid pixel in common, "
+            "or the two share no class code)"
+        )
     return metrics_from_confusion(cm, scheme.names)
+
+
+def evaluate_model(
+    adapter: str | Path,
+    cfg: RunConfig,
+    split: str = "test",
+    device: str = "auto",
+    progress: bool = True,
+) -> Metrics:
+    """Metrics of an adapter on a split of the configured data (gridded patches).
+
+    The adapter's routing (bands, statistics) is used, not the config's: the model must
+    see its inputs exactly as in training.
+    """
+    from torch.utils.data import DataLoader
+    from torchgeo.datasets.utils import stack_samples
+    from torchgeo.samplers import GriddedPatchSampler
+    from tqdm import tqdm
+
+    from .checkpoint import load_adapter
+    from .data.datamodule import OpticalSarDataModule
+    from .io import resolve_device
+
+    if split not in ("train", "val", "test"):
+        raise InputError(f"--split {split!r}: expected train, val or test")
+    dev = resolve_device(device)
+    model, meta = load_adapter(adapter, map_location=dev)
+    dm = OpticalSarDataModule.from_config(cfg, routing=meta.routing)
+    ds = dm.split_dataset(split)
+    loader = DataLoader(
+        ds,
+        batch_size=cfg.data.batch_size,
+        sampler=GriddedPatchSampler(ds, size=cfg.data.patch_size),
+        collate_fn=stack_samples,
+        num_workers=cfg.data.num_workers,
+    )
+    cm = np.zeros((meta.classes.num_classes,) * 2, dtype=np.int64)
+    model.eval()
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=f"evaluate {split}", disable=not progress, unit="batch"):
+            rgb, aux = meta.routing.prepare(batch["image"].to(dev))
+            pred = model(rgb, aux).logits.argmax(1)
+            cm += confusion_matrix(batch["mask"], pred.cpu(), meta.classes.num_classes)
+    return metrics_from_confusion(cm, meta.classes.names)

@@ -15,12 +15,14 @@ segmentation task, and why:
 
 from __future__ import annotations
 
+import csv
 import dataclasses
-import json
 import logging
 import math
+import shutil
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import yaml
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
@@ -38,13 +41,31 @@ from . import __version__
 from .checkpoint import save_adapter
 from .config import RunConfig
 from .data.bands import BandRouting
-from .data.classes import IGNORE_INDEX, WHU_OPT_SAR_CLASSES, ClassScheme
+from .data.classes import IGNORE_INDEX, ClassScheme
 from .data.datamodule import OpticalSarDataModule
 from .errors import InputError
 from .evaluation import Metrics, confusion_matrix, metrics_from_confusion
+from .io import (
+    atomic_path,
+    ensure_output_dir,
+    finite_or_none,
+    resolve_device,
+    strict_json,
+    write_text_atomic,
+)
 from .models import ModelConfig, build_model
 
-CLASS_SCHEMES = {"whu_opt_sar": WHU_OPT_SAR_CLASSES}
+
+def random_flips(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each sample flipped left-right and/or up-down with probability 1/2, image and mask
+    alike (land cover has no preferred orientation)."""
+    image, mask = batch["image"], batch["mask"]
+    n = image.shape[0]
+    for dim in (-1, -2):
+        flip = torch.rand(n, device=image.device) < 0.5
+        image = torch.where(flip[:, None, None, None], image.flip(dim), image)
+        mask = torch.where(flip[:, None, None], mask.flip(dim), mask)
+    return {**batch, "image": image, "mask": mask}
 
 
 class GoPTTask(BaseTask):
@@ -64,6 +85,7 @@ class GoPTTask(BaseTask):
         class_weights: list[float] | None = None,
         class_aware_weight: float = 0.1,
         alignment_weight: float = 0.1,
+        flips: bool = True,
     ) -> None:
         self.routing = BandRouting.from_dict(routing)
         self.scheme = ClassScheme.from_dict(classes)
@@ -115,6 +137,8 @@ class GoPTTask(BaseTask):
         return self.model(rgb, aux, target=batch["mask"] if with_target else None)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.hparams["flips"]:
+            batch = random_flips(batch)
         out = self._forward(batch, with_target=True)
         ce = self.criterion(out.logits, batch["mask"])
         loss = ce
@@ -145,9 +169,6 @@ class GoPTTask(BaseTask):
         if torch.isfinite(loss):
             self.log("val_loss", loss, batch_size=batch["image"].shape[0])
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._accumulate("test", batch)
-
     def _log_metrics(self, split: str) -> None:
         cm = self._confusion.pop(split, None)
         if cm is None:
@@ -160,9 +181,6 @@ class GoPTTask(BaseTask):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
 
     # -- checkpoints: trainable tensors only ---------------------------------------------
     def _trainable_keys(self) -> set[str]:
@@ -179,12 +197,22 @@ class GoPTTask(BaseTask):
 
 
 class AdapterExport(Callback):
-    """Writes the adapter file whenever the validation mIoU improves."""
+    """Writes the adapter file whenever the validation mIoU improves.
+
+    The best score so far is part of the checkpoint (``state_dict``), so a resumed run
+    replaces the adapter only with a better epoch than any before the interruption.
+    """
 
     def __init__(self, path: Path, metadata: dict[str, Any]) -> None:
         self.path = path
         self.metadata = metadata
         self.best = -float("inf")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = float(state_dict.get("best", -float("inf")))
 
     def on_validation_end(self, trainer: pl.Trainer, task: GoPTTask) -> None:
         if trainer.sanity_checking or "val" not in getattr(task, "last_metrics", {}):
@@ -196,72 +224,61 @@ class AdapterExport(Callback):
         self.best = score
         meta = dict(self.metadata)
         meta["metrics"] = {
-            "val": m.to_dict(),
+            "val": finite_or_none(m.to_dict()),
             "epoch": trainer.current_epoch,
             "step": trainer.global_step,
         }
         save_adapter(self.path, task.model, meta)
 
 
+class StepSeeds(Callback):
+    """Reseeds torch before every training step from (seed, global step).
+
+    Flips and Gumbel noise then depend on the step alone, not on how many steps this
+    process has run (patch positions depend on the epoch alone: ``EpochPatchSampler``),
+    so a run resumed at step N draws exactly what an uninterrupted run draws there.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, task: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        torch.manual_seed(self.seed * 100_003 + trainer.global_step)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written under a temporary name and renamed when complete,
+    so an interruption while saving never leaves a truncated ``last.ckpt``."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        final = Path(path)
+        ensure_output_dir(final.parent)
+        with atomic_path(final) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
 @dataclass
 class TrainResult:
-    """What a training run left behind."""
+    """What a training run left behind; ``adapter`` is None when no validation ran (no
+    adapter is written before the first validated epoch)."""
 
     output_dir: Path
-    adapter: Path
+    adapter: Path | None
     best_checkpoint: Path | None
     last_checkpoint: Path | None
     metrics: dict[str, Any]
     parameters: str
     seconds: float
-
-
-def scheme_for(cfg: RunConfig) -> ClassScheme:
-    if cfg.data.classes not in CLASS_SCHEMES:
-        raise InputError(f"data.classes: unknown class scheme {cfg.data.classes!r}")
-    return CLASS_SCHEMES[cfg.data.classes]
-
-
-def routing_for(cfg: RunConfig) -> BandRouting:
-    d = cfg.data
-    try:
-        return BandRouting(
-            tuple(d.optical_bands),
-            tuple(d.sar_bands),
-            tuple(d.rgb_bands),
-            tuple(d.aux_bands) if d.aux_bands is not None else None,
-            d.sar_units,
-        )
-    except ValueError as err:
-        raise InputError(f"data: {err}") from None
-
-
-def datamodule_for(cfg: RunConfig, routing: BandRouting | None = None) -> OpticalSarDataModule:
-    root = Path(cfg.data.root)
-    if not root.exists():
-        raise InputError(f"{root}: data root not found (data.root)")
-    return OpticalSarDataModule(
-        root,
-        dataset=cfg.data.dataset,
-        routing=routing or routing_for(cfg),
-        classes=scheme_for(cfg),
-        scenes=cfg.data.scenes,
-        batch_size=cfg.data.batch_size,
-        patch_size=cfg.data.patch_size,
-        length=cfg.data.train_patches,
-        num_workers=cfg.data.num_workers,
-        stats_patches=cfg.data.stats_patches,
-        seed=cfg.seed,
-        split_rows=cfg.data.split_rows,
-    )
+    finished_before: bool = False  # a resumed run that had already finished
 
 
 def accelerator_for(device: str) -> str:
-    if device not in ("auto", "cpu", "cuda", "gpu"):
-        raise InputError(f"--device {device!r}: expected auto, cpu or cuda")
-    if device == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    return "gpu" if device in ("cuda", "gpu") else "cpu"
+    """Lightning's accelerator name for ``--device`` (checked by :func:`resolve_device`)."""
+    return "gpu" if resolve_device(device).type == "cuda" else "cpu"
 
 
 def precision_for(precision: str, accelerator: str) -> str:
@@ -283,9 +300,27 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
-def loggers_for(out: Path) -> list[Any]:
-    """Per-epoch metrics to ``metrics.csv``, and to TensorBoard when it is installed."""
-    loggers: list[Any] = [CSVLogger(save_dir=str(out), name="", version="")]
+def loggers_for(out: Path, resume_epoch: int | None = None) -> list[Any]:
+    """Per-epoch metrics to ``metrics.csv``, and to TensorBoard when it is installed.
+
+    Resuming after epoch ``resume_epoch``, the history up to that epoch is kept and the
+    new rows are appended (Lightning's CSV writer would start the file afresh); rows of
+    an epoch the interruption cut short are dropped, since that epoch is run again.
+    """
+    csv_logger = CSVLogger(save_dir=str(out), name="", version="")
+    path = out / "metrics.csv"
+    if resume_epoch is not None and path.exists():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = [r for r in reader if r.get("epoch") and int(r["epoch"]) <= resume_epoch]
+        writer = csv_logger.experiment  # created now: it removes the old file
+        with open(path, "w", newline="") as f:
+            out_csv = csv.DictWriter(f, fieldnames=header)
+            out_csv.writeheader()
+            out_csv.writerows(rows)
+        writer.metrics_keys = header  # appended rows then share the kept header
+    loggers: list[Any] = [csv_logger]
     try:
         import tensorboard  # noqa: F401
     except ImportError:
@@ -296,18 +331,107 @@ def loggers_for(out: Path) -> list[Any]:
     return loggers
 
 
-def train(cfg: RunConfig, resume: bool = False, log: Any = print) -> TrainResult:
-    """Train the configured model; returns where the adapter and checkpoints are."""
+#: What a training run writes into its output folder (removed by ``overwrite=True``).
+RUN_FILES = (
+    "checkpoints",
+    "adapter.safetensors",
+    "metrics.csv",
+    "metrics.json",
+    "config.yaml",
+    "hparams.yaml",
+    "tensorboard",
+)
+
+
+def _holds_a_run(out: Path) -> list[str]:
+    return [name for name in RUN_FILES if (out / name).exists()]
+
+
+def _check_output(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to train into a folder that already holds a run, unless resuming it or
+    asked to replace it; decided before anything is read or written."""
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite exclude each other")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: output_dir exists and is not a folder")
+    found = _holds_a_run(out)
+    if found and not (resume or overwrite):
+        raise InputError(
+            f"{out}: already holds a training run ({', '.join(found)}); use --resume to "
+            "continue it or --overwrite to replace it"
+        )
+    if resume and not (out / "checkpoints" / "last.ckpt").exists():
+        raise InputError(
+            f"{out / 'checkpoints' / 'last.ckpt'}: nothing to resume (no last checkpoint in {out})"
+        )
+
+
+def _clear_run(out: Path) -> None:
+    """Remove a previous run's files (``overwrite``), and nothing else in the folder."""
+    for name in _holds_a_run(out):
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+
+
+def _read_resume_checkpoint(last: Path, task_hparams: dict[str, Any]) -> dict[str, Any]:
+    """Load and check the checkpoint a run resumes from, before anything is written:
+    unreadable, truncated or foreign checkpoints are one-line errors."""
+    if not last.is_file():
+        raise InputError(f"{last}: nothing to resume (no last checkpoint in {last.parent.parent})")
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated, corrupt or not a torch file at all
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{last}: not a readable checkpoint ({reason})") from None
+    needed = ("state_dict", "epoch", "global_step", "hyper_parameters")
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
+        raise InputError(f"{last}: not a gopt-geo training checkpoint")
+    saved = ckpt["hyper_parameters"]
+    for key in ("model", "routing", "classes"):
+        if saved.get(key) != task_hparams[key]:
+            raise InputError(
+                f"{last}: written for another run ({key} differs from this config's); "
+                "resume with the config it was trained with"
+            )
+    return ckpt
+
+
+def _finished(ckpt: dict[str, Any], cfg: RunConfig) -> bool:
+    """Whether the checkpoint's run already reached the configured epochs or steps."""
+    done_epochs = int(ckpt["epoch"]) + 1
+    if cfg.train.max_steps > 0 and int(ckpt["global_step"]) >= cfg.train.max_steps:
+        return True
+    return done_epochs >= cfg.train.epochs
+
+
+def train(
+    cfg: RunConfig,
+    resume: bool = False,
+    log: Any = print,
+    overwrite: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Train the configured model; returns where the adapter and checkpoints are.
+
+    A run folder holds one run: ``resume`` continues it exactly where its last
+    checkpoint stopped (written at the end of every epoch), ``overwrite`` replaces it,
+    and without either a folder that holds a run is refused. Every check happens before
+    the first write, so a refused call leaves the folder as it was. ``callbacks`` are
+    extra Lightning callbacks (e.g. early stopping).
+    """
     quiet_lightning()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     out = Path(cfg.output_dir)
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    if resume and not last.exists():
-        raise InputError(f"{last}: nothing to resume (no last checkpoint in {out})")
-    scheme = scheme_for(cfg)
-    dm = datamodule_for(cfg)
-    dm.setup("fit")
+    _check_output(out, resume, overwrite)  # before the data is even read
+    accelerator = accelerator_for(cfg.train.device)
+    scheme = cfg.class_scheme()
+    dm = OpticalSarDataModule.from_config(cfg)
+    dm.setup("fit")  # statistics first: the model's aux width and the adapter need them
     routing = dm.ensure_statistics()
     model_cfg = dataclasses.replace(
         cfg.model, num_classes=scheme.num_classes, aux_channels=routing.num_aux
@@ -323,11 +447,33 @@ def train(cfg: RunConfig, resume: bool = False, log: Any = print) -> TrainResult
         alignment_weight=cfg.train.alignment_weight,
     )
     report = task.model.parameter_report()
+    adapter_path = out / "adapter.safetensors"
+    if resume:
+        ckpt = _read_resume_checkpoint(last, dict(task.hparams))
+        dm.train_sampler.set_epoch(int(ckpt["epoch"]) + 1)  # type: ignore[union-attr]
+        if _finished(ckpt, cfg):
+            log(
+                f"{out}: this run already finished (epoch {int(ckpt['epoch']) + 1} of "
+                f"{cfg.train.epochs}, step {int(ckpt['global_step'])}); nothing to do "
+                "(raise train.epochs to train further)"
+            )
+            return TrainResult(
+                out,
+                adapter_path if adapter_path.exists() else None,
+                None,
+                last,
+                {},
+                str(report),
+                0.0,
+                finished_before=True,
+            )
+    elif overwrite:
+        _clear_run(out)
     log(f"model: {model_cfg.variant} on {model_cfg.backbone} ({model_cfg.weights} weights)")
     log(str(report))
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    ensure_output_dir(out)
+    write_text_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     metadata = {
         "routing": routing.to_dict(),
         "classes": scheme.to_dict(),
@@ -335,13 +481,12 @@ def train(cfg: RunConfig, resume: bool = False, log: Any = print) -> TrainResult
             "config": cfg.to_dict(),
             "data_root": str(Path(cfg.data.root).resolve()),
             "dataset": cfg.data.dataset,
-            "train_scenes": dm.train_dataset.scene_names,  # type: ignore[union-attr]
+            "train_scenes": dm.split_dataset("train").scene_names,
             "val_scenes": dm.split_dataset("val").scene_names,
             "gopt_geo_version": __version__,
         },
     }
-    adapter_path = out / "adapter.safetensors"
-    accelerator = accelerator_for(cfg.train.device)
+    export = AdapterExport(adapter_path, metadata)
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=cfg.train.devices,
@@ -350,13 +495,16 @@ def train(cfg: RunConfig, resume: bool = False, log: Any = print) -> TrainResult
         precision=precision_for(cfg.train.precision, accelerator),  # type: ignore[arg-type]
         max_epochs=cfg.train.epochs,
         max_steps=cfg.train.max_steps,
-        logger=loggers_for(out),
+        logger=loggers_for(out, int(ckpt["epoch"]) if resume else None),
         callbacks=[
             ModelCheckpoint(
                 dirpath=ckpt_dir, filename="best", monitor="val_miou", mode="max", save_last=True
             ),
-            AdapterExport(adapter_path, metadata),
+            export,
+            StepSeeds(cfg.seed),
+            *callbacks,
         ],
+        plugins=[AtomicCheckpointIO()],
         log_every_n_steps=cfg.train.log_every_n_steps,
         enable_progress_bar=cfg.train.progress,
         enable_model_summary=False,
@@ -368,58 +516,17 @@ def train(cfg: RunConfig, resume: bool = False, log: Any = print) -> TrainResult
     trainer.fit(task, datamodule=dm, ckpt_path=str(last) if resume else None)
     seconds = time.perf_counter() - start
     metrics = {k: v.to_dict() for k, v in getattr(task, "last_metrics", {}).items()}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if metrics:
+        write_text_atomic(out / "metrics.json", strict_json(metrics))
     best = (
         Path(trainer.checkpoint_callback.best_model_path) if trainer.checkpoint_callback else None
     )
     return TrainResult(
         out,
-        adapter_path,
+        adapter_path if adapter_path.exists() else None,
         best if best and best.name else None,
         last if last.exists() else None,
         metrics,
         str(report),
         seconds,
     )
-
-
-def evaluate_model(
-    adapter: str | Path,
-    cfg: RunConfig,
-    split: str = "test",
-    device: str = "auto",
-    progress: bool = True,
-) -> Metrics:
-    """Metrics of an adapter on a split of the configured data (gridded patches).
-
-    The adapter's routing (bands, statistics) is used, not the config's: the model must
-    see its inputs exactly as in training.
-    """
-    from torch.utils.data import DataLoader
-    from torchgeo.datasets.utils import stack_samples
-    from torchgeo.samplers import GriddedPatchSampler
-    from tqdm import tqdm
-
-    from .checkpoint import load_adapter
-
-    if split not in ("train", "val", "test"):
-        raise InputError(f"--split {split!r}: expected train, val or test")
-    dev = torch.device("cuda" if accelerator_for(device) == "gpu" else "cpu")
-    model, meta = load_adapter(adapter, map_location=dev)
-    dm = datamodule_for(cfg, routing=meta.routing)
-    ds = dm.split_dataset(split)
-    loader = DataLoader(
-        ds,
-        batch_size=cfg.data.batch_size,
-        sampler=GriddedPatchSampler(ds, size=cfg.data.patch_size),
-        collate_fn=stack_samples,
-        num_workers=cfg.data.num_workers,
-    )
-    cm = np.zeros((meta.classes.num_classes,) * 2, dtype=np.int64)
-    model.eval()
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc=f"evaluate {split}", disable=not progress, unit="batch"):
-            rgb, aux = meta.routing.prepare(batch["image"].to(dev))
-            pred = model(rgb, aux).logits.argmax(1)
-            cm += confusion_matrix(batch["mask"], pred.cpu(), meta.classes.num_classes)
-    return metrics_from_confusion(cm, meta.classes.names)

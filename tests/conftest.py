@@ -108,3 +108,12 @@ def scene_root(tmp_path: Path) -> Path:
     for i in range(3):
         write_scene(tmp_path, f"scene_{i}", origin=(500_000 + 5_000 * i, 3_400_000), seed=i)
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three disjoint 96x96 scenes for training runs (one per split)."""
+    root = tmp_path_factory.mktemp("scenes")
+    for i in range(3):
+        write_scene(root, f"scene_{i}", size=96, origin=(500_000 + 5_000 * i, 3_400_000), seed=i)
+    return root

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 
 import pytest
 import safetensors.torch
 import torch
 
-from gopt_geo import checkpoint
+from gopt_geo import adapter, checkpoint
+from gopt_geo.adapter import read_safetensors_metadata
 from gopt_geo.checkpoint import (
     describe_adapter,
     load_adapter,
@@ -206,3 +209,145 @@ def test_describe_adapter_lists_what_a_user_needs(tmp_path):
     expected = "  val.miou: 0.4321\n  val.iou.farmland: 0.5000\n  val.iou.city: 0.2500\n  epoch: 4"
     assert expected in text
     assert "epochs: 3" in text
+
+
+def test_checkpoint_reexports_the_torch_free_reader():
+    assert checkpoint.read_adapter_metadata is adapter.read_adapter_metadata
+    assert checkpoint.describe_adapter is adapter.describe_adapter
+    assert checkpoint.AdapterMetadata is adapter.AdapterMetadata
+
+
+def test_header_parser_agrees_with_safetensors(tmp_path):
+    path = save_adapter(tmp_path / "model.safetensors", trained_like(), metadata())
+    with safetensors.safe_open(str(path), "pt") as f:
+        assert read_safetensors_metadata(path) == f.metadata()
+    empty = tmp_path / "empty.safetensors"
+    safetensors.torch.save_file({}, str(empty), metadata={"a": "b"})
+    assert read_safetensors_metadata(empty) == {"a": "b"}
+
+
+def test_truncated_and_tiny_files_are_refused_with_their_name(tmp_path):
+    path = save_adapter(tmp_path / "model.safetensors", trained_like(), metadata())
+    data = path.read_bytes()
+    for name, content in [
+        ("empty", b""),
+        ("short", data[:5]),
+        ("header_cut", data[:100]),
+        ("tensors_cut", data[:-10]),
+    ]:
+        broken = tmp_path / f"{name}.safetensors"
+        broken.write_bytes(content)
+        with pytest.raises(InputError) as err:
+            read_adapter_metadata(broken)
+        message = str(err.value)
+        assert message.startswith(f"{broken}: not a readable .safetensors adapter file ("), name
+        assert "\n" not in message
+
+
+# --- files from other gopt-geo versions ------------------------------------------------
+
+
+def rewrite_model_config(src, dst, change) -> None:
+    """Copy an adapter with its stored model config changed by ``change(dict)``, as
+    another gopt-geo version would have written it."""
+    with safetensors.safe_open(str(src), "pt") as f:
+        stored = f.metadata()
+    document = json.loads(stored["gopt_geo"])
+    change(document["model"])
+    stored["gopt_geo"] = json.dumps(document)
+    safetensors.torch.save_file(safetensors.torch.load_file(str(src)), str(dst), stored)
+
+
+def test_adapter_from_an_older_version_loads_with_the_model_it_was_trained_with(tmp_path):
+    """Before ``prompt_min_stride`` and ``acp_query`` existed every point was prompted
+    and ACP queried with RGB alone; a file without them must rebuild that model, not the
+    newer defaults (which would not even fit its tensors)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomBackboneWarning)
+        model = build_model(
+            ModelConfig(
+                backbone="test_efficientnet", weights="random", prompt_min_stride=1, acp_query="rgb"
+            )
+        )
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.eval()
+    new = save_adapter(tmp_path / "new.safetensors", model, metadata())
+    old = tmp_path / "old.safetensors"
+
+    def older(d: dict) -> None:
+        for name in ("prompt_min_stride", "acp_query", "num_prompt_tokens"):
+            del d[name]
+
+    rewrite_model_config(new, old, older)
+    loaded, meta = load_adapter(old)
+    assert meta.model == model.config
+    assert "acp_query" not in meta.raw["model"]
+    rgb, aux = sample()
+    with torch.no_grad():
+        assert torch.equal(loaded(rgb, aux).logits, model(rgb, aux).logits)
+
+
+def test_adapter_from_a_newer_version_is_refused_naming_the_fields(tmp_path):
+    path = save_adapter(tmp_path / "model.safetensors", trained_like(), metadata())
+    newer = tmp_path / "newer.safetensors"
+    rewrite_model_config(path, newer, lambda d: d.update(prompt_depth=2, gate_init=0.5))
+    for read in (read_adapter_metadata, load_adapter, describe_adapter):
+        with pytest.raises(InputError) as err:
+            read(newer)
+        message = str(err.value)
+        assert message.startswith(f"{newer}: written by gopt-geo ")
+        assert "unknown fields gate_init, prompt_depth" in message
+        assert "upgrade gopt-geo" in message and "\n" not in message
+
+
+def test_non_mapping_model_config_is_corrupt(tmp_path):
+    path = save_adapter(tmp_path / "model.safetensors", trained_like(), metadata())
+    with safetensors.safe_open(str(path), "pt") as f:
+        stored = f.metadata()
+    document = json.loads(stored["gopt_geo"])
+    document["model"] = "gopt"
+    bad = tmp_path / "bad.safetensors"
+    safetensors.torch.save_file({"w": torch.zeros(2)}, str(bad), {"gopt_geo": json.dumps(document)})
+    with pytest.raises(InputError, match=f"{bad}: corrupt gopt-geo metadata \\(model config"):
+        read_adapter_metadata(bad)
+
+
+# --- gopt-geo info stays light ----------------------------------------------------------
+
+HEAVY = ("torch", "timm", "torchgeo", "lightning", "safetensors.torch")
+
+
+def imported_heavy_modules(code: str) -> list[str]:
+    """Run ``code`` in a fresh interpreter; the heavy packages it left in sys.modules."""
+    check = f"import json, sys; heavy = {HEAVY!r}; " + (
+        "print(json.dumps([m for m in sys.modules if m in heavy or m.split('.')[0] in heavy[:-1]]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", f"{code}\n{check}"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_describing_an_adapter_imports_neither_torch_nor_timm(tmp_path):
+    path = save_adapter(tmp_path / "model.safetensors", trained_like(), metadata())
+    code = (
+        "from gopt_geo.adapter import describe_adapter\n"
+        "from gopt_geo.models import ModelConfig, ParameterReport\n"
+        f"assert 'Backbone: test_vit' in describe_adapter({str(path)!r})"
+    )
+    assert imported_heavy_modules(code) == []
+
+
+def test_info_command_imports_neither_torch_nor_timm(tmp_path):
+    path = save_adapter(tmp_path / "model.safetensors", trained_like(), metadata())
+    code = (
+        "from typer.testing import CliRunner\n"
+        "from gopt_geo.cli import app\n"
+        f"result = CliRunner().invoke(app, ['info', {str(path)!r}])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "assert 'Backbone: test_vit' in result.output"
+    )
+    assert imported_heavy_modules(code) == []

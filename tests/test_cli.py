@@ -137,7 +137,7 @@ def test_evaluate_map_reference_on_another_grid(scene, tmp_path: Path) -> None:
         }
     with rasterio.open(coarse, "w", **profile) as dst:
         dst.write(data, 1)
-    m = evaluate_maps(scene.labels, coarse)
+    m = evaluate_maps(scene.labels, coarse, classes=WHU_OPT_SAR_CLASSES)
     assert 0.7 < m.oa < 1.0  # coarse blocks lose detail at class borders, nowhere else
 
 
@@ -158,4 +158,27 @@ def test_bad_input_messages(adapter: Path, scene, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "nope.tif: file not found" in res.output
     res = runner.invoke(app, ["info", str(tmp_path / "missing.safetensors")])
     assert res.exit_code == 2 and "missing.safetensors" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_predict_options_units_and_bad_values(tmp_path: Path) -> None:
+    for command in ("predict", "vectorize"):
+        help_text = runner.invoke(app, [command, "--help"]).output
+        text = " ".join(help_text.replace("│", " ").split())  # rich boxes wrap lines
+        assert "Simplification tolerance in metres" in text, command
+        assert "(m²)" in text, command
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            str(tmp_path / "scene.tif"),
+            "--sar",
+            str(tmp_path / "sar.tif"),
+            "--model",
+            str(tmp_path / "adapter.safetensors"),
+            "--vector",
+            "shp",
+        ],
+    )  # refused before any file is opened
+    assert res.exit_code == 2 and "unknown vector format 'shp'" in res.output
     assert "Traceback" not in res.output

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import rasterio
 import shapely
 import torch
 from conftest import UTM, write_raster, write_scene
@@ -20,11 +22,17 @@ from gopt_geo.errors import InputError
 
 
 def _dm(root: Path, **kw) -> OpticalSarDataModule:
+    kw.setdefault("classes", WHU_OPT_SAR_CLASSES)
     return OpticalSarDataModule(root, batch_size=2, patch_size=32, length=6, stats_patches=4, **kw)
 
 
+def scenes_of(root: Path, **kw: Any) -> OpticalSarScenes:
+    """The scenes of a synthetic folder (WHU-OPT-SAR's codes, as ``synth`` writes them)."""
+    return OpticalSarScenes(root, classes=WHU_OPT_SAR_CLASSES, **kw)
+
+
 def test_training_batch_routes_bands_and_maps_codes(scene_root: Path) -> None:
-    dm = _dm(scene_root, augment=False)
+    dm = _dm(scene_root)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (2, 6, 32, 32)  # B, G, R, NIR, VV, VH
@@ -96,7 +104,7 @@ def test_optical_nodata_is_ignored(tmp_path: Path) -> None:
         data = dst.read()
         data[:, :16] = 0
         dst.write(data)
-    ds = OpticalSarScenes(tmp_path, split="train")
+    ds = scenes_of(tmp_path, split="train")
     b = ds.bounds
     sample = ds[b[0].start : b[0].start + 640, b[1].stop - 640 : b[1].stop]
     assert torch.isnan(sample["image"][:, :16]).all()
@@ -113,7 +121,7 @@ def test_sar_outside_footprint_is_ignored(tmp_path: Path) -> None:
     t = from_origin(500_000, 3_400_000, 10, 10)
     sar = np.full((2, 64, 32), -10.0, dtype=np.float32)
     to_wgs84(tmp_path / "sar" / "s0.tif", sar, t)
-    ds = OpticalSarScenes(tmp_path, split="train")
+    ds = scenes_of(tmp_path, split="train")
     b = ds.bounds
     sample = ds[b[0].start : b[0].start + 640, b[1].stop - 640 : b[1].stop]
     assert (sample["mask"][:, 40:] == IGNORE_INDEX).all()
@@ -153,7 +161,7 @@ def test_sar_not_overlapping(scene_root: Path) -> None:
         transform=far,
     )
     with pytest.raises(InputError, match=r"sar/scene_0.tif: SAR raster does not overlap"):
-        OpticalSarScenes(scene_root, split="train")
+        scenes_of(scene_root, split="train")
 
 
 def test_fewer_bands_than_configured(scene_root: Path) -> None:
@@ -163,7 +171,7 @@ def test_fewer_bands_than_configured(scene_root: Path) -> None:
         match=r"optical/scene_0.tif: optical raster has 3 band\(s\), "
         r"but 4 are configured \(B, G, R, NIR\)",
     ):
-        OpticalSarScenes(scene_root, split="train")
+        scenes_of(scene_root, split="train")
 
 
 def test_label_codes_outside_map(scene_root: Path) -> None:
@@ -183,19 +191,19 @@ def test_label_codes_outside_map(scene_root: Path) -> None:
 def test_missing_file(scene_root: Path) -> None:
     (scene_root / "sar" / "scene_0.tif").unlink()
     with pytest.raises(InputError, match=r"sar/scene_0.tif: file not found"):
-        OpticalSarScenes(scene_root, split="train")
+        scenes_of(scene_root, split="train")
 
 
 def test_unreadable_file(scene_root: Path) -> None:
     (scene_root / "optical" / "scene_0.tif").write_bytes(b"II*\x00 this is not a tiff")
     with pytest.raises(InputError, match=r"optical/scene_0.tif: not a readable raster"):
-        OpticalSarScenes(scene_root, split="train")
+        scenes_of(scene_root, split="train")
 
 
 def test_missing_layout(tmp_path: Path) -> None:
     (tmp_path / "optical").mkdir()
     with pytest.raises(InputError, match=r"missing sar/"):
-        OpticalSarScenes(tmp_path)
+        scenes_of(tmp_path)
 
 
 def test_no_crs_with_crs_is_refused(scene_root: Path) -> None:
@@ -205,17 +213,26 @@ def test_no_crs_with_crs_is_refused(scene_root: Path) -> None:
         match=r"optical/scene_0.tif: raster has no CRS, but .*sar/"
         r"scene_0.tif has one",
     ):
-        OpticalSarScenes(scene_root, split="train")
+        scenes_of(scene_root, split="train")
 
 
-def test_utm_fixture_crs() -> None:
-    assert UTM.startswith("EPSG:")
+def test_training_patches_lie_on_the_optical_grid_in_its_crs(scene_root: Path) -> None:
+    """The datasets index every scene in the optical raster's projected CRS (UTM metres),
+    with SAR (stored in EPSG:4326) warped onto it: a patch's bounds are optical pixels."""
+    ds = scenes_of(scene_root, split="train")
+    assert ds.crs == rasterio.crs.CRS.from_user_input(UTM)
+    assert ds.res == (10.0, 10.0)
+    b = ds.bounds
+    sample = ds[b[0].start : b[0].start + 320, b[1].stop - 320 : b[1].stop]
+    assert sample["image"].shape == (6, 32, 32)
+    assert torch.isfinite(sample["image"][4:]).any()  # SAR found on the optical grid
 
 
 def test_row_bands_split_a_single_scene(tmp_path: Path) -> None:
     write_scene(tmp_path, "only", size=160)
     dm = OpticalSarDataModule(
         tmp_path,
+        classes=WHU_OPT_SAR_CLASSES,
         batch_size=2,
         patch_size=16,
         length=200,
@@ -238,4 +255,4 @@ def test_row_bands_split_a_single_scene(tmp_path: Path) -> None:
 
 def test_row_bands_bad_fractions(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"data.split_rows: expected 3 positive fractions"):
-        OpticalSarDataModule(tmp_path, split_rows=[0.5, 0.5])
+        OpticalSarDataModule(tmp_path, classes=WHU_OPT_SAR_CLASSES, split_rows=[0.5, 0.5])

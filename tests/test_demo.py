@@ -7,11 +7,10 @@ from pathlib import Path
 
 import papermill
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from gopt_geo.cli import app
-from gopt_geo.demo import DEMO_SETTINGS
+from gopt_geo.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +23,9 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_demo_writes_everything_and_gopt_wins_under_clouds(demo_dir: Path) -> None:
+def test_demo_chain_runs_end_to_end(demo_dir: Path) -> None:
+    """Every step ran and left its output; the report scores both models overall and in
+    clouds. (Whether GoPT wins is an accuracy claim: benchmarks/demo.py measures it.)"""
     report = json.loads((demo_dir / "report.json").read_text())
     for name in ("report.md", "comparison.png"):
         assert (demo_dir / name).stat().st_size > 0
@@ -32,9 +33,9 @@ def test_demo_writes_everything_and_gopt_wins_under_clouds(demo_dir: Path) -> No
         files = report["models"][variant]["files"]
         for key in ("adapter", "class_map", "vector", "report"):
             assert (demo_dir / files[key]).stat().st_size > 0, (variant, key)
-    gopt = report["models"]["gopt"]["clouds"]["miou"]
-    optical = report["models"]["optical_only"]["clouds"]["miou"]
-    assert gopt > optical, (gopt, optical)
+        for region in ("overall", "clouds"):
+            scores = report["models"][variant][region]
+            assert 0.0 <= scores["miou"] <= 1.0 and scores["pixels"] > 0, (variant, region)
 
 
 def test_demo_refuses_foreign_folder(tmp_path: Path) -> None:
@@ -45,14 +46,25 @@ def test_demo_refuses_foreign_folder(tmp_path: Path) -> None:
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
-def test_demo_settings_match_the_shipped_config() -> None:
-    cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
-    for key, value in DEMO_SETTINGS.items():
-        node = cfg
-        for part in key.split("."):
-            node = node[part]
-        expected = yaml.safe_load(value) if isinstance(value, str) else value
-        assert node == expected, key
+def test_demo_trains_with_the_shipped_config(demo_dir: Path) -> None:
+    """What the demo's GoPT run actually trained with (the config train() saved) is
+    configs/demo.yaml, apart from the settings the demo sets per run."""
+    per_run = {("data", "root"), ("output_dir",), ("train", "epochs"), ("train", "device")}
+    per_run |= {("data", "train_patches")}  # --fast trains on fewer patches
+    used = load_config(demo_dir / "runs" / "gopt" / "config.yaml").to_dict()
+    shipped = load_config(ROOT / "configs" / "demo.yaml").to_dict()
+
+    def flat(tree: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
+        out: dict[tuple[str, ...], object] = {}
+        for key, value in tree.items():
+            if isinstance(value, dict) and key in ("data", "model", "train"):
+                out |= flat(value, (*prefix, key))
+            else:
+                out[(*prefix, key)] = value
+        return out
+
+    differ = {k for k in flat(used) if flat(used)[k] != flat(shipped)[k]}
+    assert differ <= per_run, sorted(differ - per_run)
 
 
 def test_notebook_runs_on_demo_output(demo_dir: Path, tmp_path: Path) -> None:

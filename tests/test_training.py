@@ -8,23 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_scene
 from typer.testing import CliRunner
 
 from gopt_geo.cli import app
 from gopt_geo.config import RunConfig, load_config
+from gopt_geo.data.datamodule import OpticalSarDataModule
 from gopt_geo.errors import InputError
-from gopt_geo.training import GoPTTask, datamodule_for, train
+from gopt_geo.training import GoPTTask, train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("scenes")
-    for i in range(3):
-        write_scene(root, f"scene_{i}", size=96, origin=(500_000 + 5_000 * i, 3_400_000), seed=i)
-    return root
 
 
 def tiny_config(scenes: Path, out: Path, *extra: str) -> RunConfig:
@@ -50,10 +42,10 @@ def tiny_config(scenes: Path, out: Path, *extra: str) -> RunConfig:
 
 
 def _fixed_batch(cfg: RunConfig) -> tuple[dict[str, torch.Tensor], object]:
-    """Training patches (flips off), and the routing with the training statistics."""
-    dm = datamodule_for(cfg)
+    """Training patches (as read; the task flips them in its step), and the routing with
+    the training statistics."""
+    dm = OpticalSarDataModule.from_config(cfg)
     dm.setup("fit")
-    dm.train_aug = None
     return next(iter(dm.train_dataloader())), dm.routing
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import geopandas as gpd
@@ -17,8 +18,8 @@ from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
 from gopt_geo.data.synthetic import make_scene
 from gopt_geo.errors import InputError
 from gopt_geo.inference import vectorize
-from gopt_geo.inference.io import Grid, pixel_areas_m2
-from gopt_geo.inference.writers import StripRasterWriter, class_colormap, class_map_metadata
+from gopt_geo.inference.reader import Grid, pixel_areas_m2
+from gopt_geo.inference.writers import StripRasterWriter, class_map_metadata
 
 CLASSES = WHU_OPT_SAR_CLASSES
 NODATA = 255
@@ -45,7 +46,7 @@ def write_class_map(path: Path, codes: np.ndarray, grid: Grid) -> Path:
         dtype="uint8",
         nodata=NODATA,
         overview_resampling="MODE",
-        colormap=class_colormap(CLASSES, NODATA),
+        colormap=CLASSES.colormap(NODATA),
     )
     writer.write(codes[None])
     return writer.finish(**class_map_metadata(CLASSES, NODATA))  # type: ignore[arg-type]
@@ -174,3 +175,28 @@ def test_bad_vector_input(class_map: Path, tmp_path: Path) -> None:
     broken.write_bytes(b"not a tiff at all")
     with pytest.raises(InputError, match=r"broken\.tif: not a readable raster"):
         vectorize(broken, tmp_path / "b.gpkg")
+    with pytest.raises(InputError, match=r"minimum polygon area must be at least 0 m², got -1"):
+        vectorize(class_map, tmp_path / "neg.gpkg", min_area=-1.0)
+    with pytest.raises(InputError, match=r"tolerance must be at least 0 metres, got -2"):
+        vectorize(class_map, tmp_path / "neg.gpkg", simplify=-2.0)
+    assert not list(tmp_path.glob(".*partial*"))  # failed runs leave no temporary file
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".parquet"])
+def test_failed_vectorize_leaves_no_file(
+    class_map: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    """An error after some polygons were written removes the temporary file; no output."""
+    module = importlib.import_module("gopt_geo.inference.vectorize")  # not the function
+    original, calls = module._write_batch, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "_write_batch", failing)
+    with pytest.raises(KeyboardInterrupt):
+        vectorize(class_map, tmp_path / f"lc{suffix}", block_size=50)
+    assert list(tmp_path.iterdir()) == []

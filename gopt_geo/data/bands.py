@@ -10,10 +10,12 @@ silently.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # imported where used: the routing itself is read without torch
+    import torch
 
 #: Floor applied to linear SAR backscatter before converting to dB (-50 dB).
 _SAR_LINEAR_FLOOR = 1e-5
@@ -21,6 +23,8 @@ _SAR_LINEAR_FLOOR = 1e-5
 
 def sar_to_db(x: torch.Tensor, units: str) -> torch.Tensor:
     """Convert SAR backscatter to dB: `db` passes through, `linear` is power, `amplitude` is |s|."""
+    import torch
+
     if units == "db":
         return x
     if units == "linear":
@@ -38,7 +42,14 @@ class BandRouting:
     three bands for the backbone (in the order the backbone was pretrained on);
     ``aux`` names the auxiliary bands (default: every other band, optical first).
     ``mean``/``std`` are per-band statistics from the training data, applied after the
-    SAR conversion to dB.
+    SAR conversion to dB and the optical scale/offset.
+
+    ``optical_scale``/``optical_offset`` turn stored optical values into physical ones,
+    ``(stored + offset) * scale``, one value for every band or one per optical band (empty:
+    as stored). Sentinel-2 L2A since processing baseline 04.00 stores reflectance x 10000
+    plus 1000: ``scale 0.0001, offset -1000``. ``optical_indices`` are the 1-based file
+    bands read as ``optical_bands`` when the file's bands carry no descriptions (empty:
+    the first bands, or the bands whose descriptions are the names).
     """
 
     optical_bands: tuple[str, ...]
@@ -48,6 +59,9 @@ class BandRouting:
     sar_units: str = "db"
     mean: dict[str, float] = field(default_factory=dict)
     std: dict[str, float] = field(default_factory=dict)
+    optical_scale: tuple[float, ...] = ()
+    optical_offset: tuple[float, ...] = ()
+    optical_indices: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.aux is None:  # resolve the default once, so equal routings compare equal
@@ -59,6 +73,24 @@ class BandRouting:
         if missing:
             raise ValueError(
                 f"bands {missing} are routed to the model but not in the inputs {names}"
+            )
+        n_opt = len(self.optical_bands)
+        for key in ("optical_scale", "optical_offset", "optical_indices"):
+            values = getattr(self, key)
+            allowed = (0, n_opt) if key == "optical_indices" else (0, 1, n_opt)
+            if len(values) not in allowed:
+                raise ValueError(
+                    f"{key} has {len(values)} values; give "
+                    + ("one per optical band" if key == "optical_indices" else "one, or one per")
+                    + f" optical band ({n_opt}: {', '.join(self.optical_bands)})"
+                )
+        if any(i < 1 for i in self.optical_indices):
+            raise ValueError(
+                f"optical_indices are 1-based band numbers, got {self.optical_indices}"
+            )
+        if self.sar_units not in ("db", "linear", "amplitude"):
+            raise ValueError(
+                f"unknown SAR units {self.sar_units!r} (expected db, linear or amplitude)"
             )
 
     @property
@@ -76,25 +108,23 @@ class BandRouting:
         return len(self.aux_bands)
 
     def with_stats(self, mean: dict[str, float], std: dict[str, float]) -> BandRouting:
-        return BandRouting(
-            self.optical_bands,
-            self.sar_bands,
-            self.rgb,
-            self.aux,
-            self.sar_units,
-            dict(mean),
-            dict(std),
-        )
+        return dataclasses.replace(self, mean=dict(mean), std=dict(std))
 
-    def to_db(self, image: torch.Tensor) -> torch.Tensor:
-        """Stacked image [..., C, H, W] (optical then SAR) as float, SAR converted to dB."""
+    def to_physical(self, image: torch.Tensor) -> torch.Tensor:
+        """Stacked image [..., C, H, W] (optical then SAR) as float in physical units:
+        optical ``(stored + offset) * scale``, SAR in dB. Statistics and the model see this."""
+        import torch
+
         image = image.float()
         n_opt = len(self.optical_bands)
-        if self.sar_units == "db" or not self.sar_bands:
-            return image
-        return torch.cat(
-            [image[..., :n_opt, :, :], sar_to_db(image[..., n_opt:, :, :], self.sar_units)], dim=-3
-        )
+        optical, sar = image[..., :n_opt, :, :], image[..., n_opt:, :, :]
+        if self.optical_offset:
+            optical = optical + image.new_tensor(self.optical_offset).view(-1, 1, 1)
+        if self.optical_scale:
+            optical = optical * image.new_tensor(self.optical_scale).view(-1, 1, 1)
+        if self.sar_bands and self.sar_units != "db":
+            sar = sar_to_db(sar, self.sar_units)
+        return torch.cat([optical, sar], dim=-3)
 
     def prepare(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Split a stacked image [B, C, H, W] into normalised (rgb [B,3,H,W], aux [B,A,H,W]).
@@ -102,12 +132,14 @@ class BandRouting:
         NaN marks nodata (the datasets and the predictor write it there); it becomes 0,
         the training mean, after normalisation, so masked pixels carry no signal.
         """
+        import torch
+
         if image.shape[-3] != len(self.all_bands):
             raise ValueError(
                 f"image has {image.shape[-3]} bands, routing expects "
                 f"{len(self.all_bands)}: {self.all_bands}"
             )
-        x = self.to_db(image)
+        x = self.to_physical(image)
         index = {b: i for i, b in enumerate(self.all_bands)}
 
         def pick(names: tuple[str, ...]) -> torch.Tensor:
@@ -127,6 +159,9 @@ class BandRouting:
             "sar_units": self.sar_units,
             "mean": dict(self.mean),
             "std": dict(self.std),
+            "optical_scale": list(self.optical_scale),
+            "optical_offset": list(self.optical_offset),
+            "optical_indices": list(self.optical_indices),
         }
 
     @classmethod
@@ -139,4 +174,7 @@ class BandRouting:
             sar_units=d.get("sar_units", "db"),
             mean={k: float(v) for k, v in d.get("mean", {}).items()},
             std={k: float(v) for k, v in d.get("std", {}).items()},
+            optical_scale=tuple(float(v) for v in d.get("optical_scale", ())),
+            optical_offset=tuple(float(v) for v in d.get("optical_offset", ())),
+            optical_indices=tuple(int(v) for v in d.get("optical_indices", ())),
         )

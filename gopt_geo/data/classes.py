@@ -8,10 +8,16 @@ internal indices.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+#: Raster tag holding a class map's scheme (codes, names, colours) as JSON.
+CLASSES_TAG = "GOPT_GEO_CLASSES"
 
 #: Index given to ignored pixels (background, nodata) in training targets. It fits in
 #: uint8 and is torch's usual choice for segmentation.
@@ -29,11 +35,36 @@ class LandCoverClass:
 
 @dataclass(frozen=True)
 class ClassScheme:
-    """The trainable classes, in index order, and the code that means "ignore"."""
+    """The trainable classes, in index order, and the codes that mean "ignore"
+    (background, unlabelled, ...: never trained on, never scored)."""
 
     classes: tuple[LandCoverClass, ...]
-    ignore_code: int | None = 0
+    ignore_codes: tuple[int, ...] = (0,)
     ignore_name: str = "background"
+
+    def __post_init__(self) -> None:
+        codes = self.codes
+        problems = []
+        if not codes:
+            problems.append("no classes")
+        if len(set(codes)) != len(codes):
+            problems.append(
+                f"duplicate codes {sorted(c for c in set(codes) if codes.count(c) > 1)}"
+            )
+        if len(set(self.names)) != len(self.names):
+            problems.append("duplicate class names")
+        if any(not 0 <= c <= 254 for c in (*codes, *self.ignore_codes)):
+            problems.append("codes must be integers 0..254 (they are stored as uint8)")
+        both = sorted(set(codes) & set(self.ignore_codes))
+        if both:
+            problems.append(f"codes {both} are both classes and ignored")
+        if problems:
+            raise ValueError("class scheme: " + "; ".join(problems))
+
+    @property
+    def ignore_code(self) -> int | None:
+        """The first ignore code (the background's), or None."""
+        return self.ignore_codes[0] if self.ignore_codes else None
 
     @property
     def num_classes(self) -> int:
@@ -48,11 +79,8 @@ class ClassScheme:
         return [c.name for c in self.classes]
 
     def valid_codes(self) -> set[int]:
-        """Codes a label raster may contain (classes plus the ignore code)."""
-        codes = set(self.codes)
-        if self.ignore_code is not None:
-            codes.add(self.ignore_code)
-        return codes
+        """Codes a label raster may contain (classes plus the ignore codes)."""
+        return set(self.codes) | set(self.ignore_codes)
 
     def code_to_index_lut(self) -> np.ndarray:
         """A 256-entry lookup table code -> index (IGNORE_INDEX for ignore/unknown codes)."""
@@ -68,30 +96,37 @@ class ClassScheme:
             lut[i] = c.code
         return lut
 
-    def colormap(self) -> dict[int, tuple[int, int, int, int]]:
-        """A rasterio-style colormap keyed by code (RGBA)."""
+    def colormap(self, nodata: int | None = None) -> dict[int, tuple[int, int, int, int]]:
+        """A rasterio-style colour table keyed by code (RGBA); the ignore code and
+        ``nodata`` (a class map's) are transparent."""
         cmap = {c.code: (*c.color, 255) for c in self.classes}
-        if self.ignore_code is not None:
-            cmap[self.ignore_code] = (0, 0, 0, 0)
-        return cmap
+        for code in (*self.ignore_codes, nodata):
+            if code is not None:
+                cmap[code] = (0, 0, 0, 0)
+        return cmap  # type: ignore[return-value]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "classes": [
                 {"code": c.code, "name": c.name, "color": list(c.color)} for c in self.classes
             ],
-            "ignore_code": self.ignore_code,
+            "ignore_codes": list(self.ignore_codes),
+            "ignore_code": self.ignore_code,  # read by gopt-geo before several ignore codes
             "ignore_name": self.ignore_name,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClassScheme:
+        if "ignore_codes" in d:
+            ignore = tuple(int(c) for c in d["ignore_codes"])
+        else:
+            ignore = () if d.get("ignore_code") is None else (int(d["ignore_code"]),)
         return cls(
             classes=tuple(
                 LandCoverClass(int(c["code"]), str(c["name"]), tuple(int(v) for v in c["color"]))  # type: ignore[arg-type]
                 for c in d["classes"]
             ),
-            ignore_code=d.get("ignore_code"),
+            ignore_codes=ignore,
             ignore_name=d.get("ignore_name", "background"),
         )
 
@@ -108,5 +143,115 @@ WHU_OPT_SAR_CLASSES = ClassScheme(
         LandCoverClass(60, "road", (128, 128, 128)),
         LandCoverClass(70, "others", (170, 110, 200)),
     ),
-    ignore_code=0,
+    ignore_codes=(0,),
 )
+
+#: Built-in class schemes, by the name a run config gives in ``data.classes``.
+CLASS_SCHEMES: dict[str, ClassScheme] = {"whu_opt_sar": WHU_OPT_SAR_CLASSES}
+
+
+def scheme_from_tags(tags: Mapping[str, str]) -> ClassScheme | None:
+    """The class scheme gopt-geo embedded in a class map's tags, if any (and readable)."""
+    text = tags.get(CLASSES_TAG)
+    if not text:
+        return None
+    try:
+        return ClassScheme.from_dict(json.loads(text))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def names_from_tags(tags: Mapping[str, str], band_tags: Mapping[str, str]) -> dict[int, str]:
+    """code -> name from a class raster's tags: gopt-geo's JSON scheme, else ``CLASS_<code>``
+    tags (dataset or band level, as the synthetic label rasters have)."""
+    scheme = scheme_from_tags(tags)
+    if scheme is not None:
+        names = {c.code: c.name for c in scheme.classes}
+        if scheme.ignore_code is not None:
+            names.setdefault(scheme.ignore_code, scheme.ignore_name)
+        return names
+    names = {}
+    for group in (tags, band_tags):
+        for key, value in group.items():
+            if key.upper().startswith("CLASS_") and key[6:].isdigit():
+                names[int(key[6:])] = value
+    return names
+
+
+#: Colours for declared classes that give none (distinct, colour-blind friendly first).
+DEFAULT_COLOURS = (
+    (0, 114, 178),
+    (230, 159, 0),
+    (0, 158, 115),
+    (204, 121, 167),
+    (86, 180, 233),
+    (213, 94, 0),
+    (240, 228, 66),
+    (120, 120, 120),
+)
+
+
+def scheme_from_declaration(
+    entries: list[dict[str, Any]], ignore_codes: list[int] | None, where: str = "data.classes"
+) -> ClassScheme:
+    """A scheme declared in a config: ``[{code, name, colour}, ...]`` plus ignore codes.
+
+    ``colour`` (or ``color``) is optional; classes without one get a distinct default.
+    """
+    classes = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "code" not in entry:
+            raise ValueError(f"{where}[{i}]: expected {{code, name, colour}}, got {entry!r}")
+        unknown = sorted(set(entry) - {"code", "name", "colour", "color"})
+        if unknown:
+            raise ValueError(f"{where}[{i}]: unknown keys {unknown} (code, name, colour)")
+        code = entry["code"]
+        if not isinstance(code, int) or isinstance(code, bool):
+            raise ValueError(f"{where}[{i}].code: expected an integer, got {code!r}")
+        colour = entry.get("colour", entry.get("color"))
+        if colour is None:
+            colour = DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)]
+        if len(colour) != 3 or any(not 0 <= int(v) <= 255 for v in colour):
+            raise ValueError(f"{where}[{i}].colour: expected [r, g, b] in 0..255, got {colour!r}")
+        name = str(entry.get("name", f"class_{code}"))
+        classes.append(LandCoverClass(code, name, tuple(int(v) for v in colour)))  # type: ignore[arg-type]
+    return ClassScheme(tuple(classes), tuple(ignore_codes if ignore_codes is not None else ()))
+
+
+def resolve_scheme(
+    spec: str | list[dict[str, Any]], ignore_codes: list[int] | None, base: Path | None = None
+) -> ClassScheme:
+    """The class scheme a config names: a built-in name, a YAML/JSON file (relative to
+    ``base``) holding ``classes:`` and ``ignore_codes:``, or an inline declaration.
+
+    ``ignore_codes`` given in the config replace those of a built-in scheme or a file.
+    """
+    import yaml
+
+    if isinstance(spec, list):
+        return scheme_from_declaration(spec, ignore_codes)
+    if spec in CLASS_SCHEMES:
+        scheme = CLASS_SCHEMES[spec]
+        if ignore_codes is None:
+            return scheme
+        return ClassScheme(scheme.classes, tuple(ignore_codes), scheme.ignore_name)
+    path = Path(spec)
+    if path.suffix.lower() not in (".yaml", ".yml", ".json"):
+        raise ValueError(
+            f"data.classes: unknown class scheme {spec!r} (built in: "
+            f"{', '.join(sorted(CLASS_SCHEMES))}; or a .yaml/.json file, or a list of classes)"
+        )
+    if base is not None and not path.is_absolute():
+        path = base / path
+    if not path.is_file():
+        raise ValueError(f"{path}: class scheme file not found (data.classes)")
+    try:
+        doc = yaml.safe_load(path.read_text())  # YAML reads JSON too
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML/JSON ({str(err).splitlines()[0]})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("classes"), list):
+        raise ValueError(f"{path}: expected a mapping with a 'classes' list")
+    file_ignore = doc.get("ignore_codes")
+    return scheme_from_declaration(
+        doc["classes"], ignore_codes if ignore_codes is not None else file_ignore, str(path)
+    )

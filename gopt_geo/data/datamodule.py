@@ -1,6 +1,7 @@
 """The Lightning/torchgeo datamodule: whole-scene splits, patch samplers, statistics.
 
-- training patches: torchgeo ``RandomPatchSampler`` (seeded), with flips;
+- training patches: torchgeo ``RandomPatchSampler``, seeded per epoch (flips are the
+  task's);
 - validation/test patches: ``GriddedPatchSampler`` over their own scenes;
 - splits are whole scenes (see scenes.py), or, with ``split_rows``, bands of rows of
   every scene separated by a guard gap of one patch (so even a single labelled scene can
@@ -12,11 +13,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import geopandas
-import kornia.augmentation as K
+import numpy as np
 import shapely
 import torch
 from torchgeo.datamodules import GeoDataModule
@@ -25,17 +27,44 @@ from torchgeo.samplers import GriddedPatchSampler, RandomPatchSampler
 
 from ..errors import InputError
 from .bands import BandRouting
-from .classes import WHU_OPT_SAR_CLASSES, ClassScheme
+from .classes import ClassScheme
 from .normalize import band_statistics
 from .rasters import check_label_codes
 from .scenes import SPLITS, OpticalSarScenes
 from .whu_opt_sar import WHUOptSar
 
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+#: Dataset classes by the name a run config gives in ``data.dataset``.
 DATASETS: dict[str, type[OpticalSarScenes]] = {"scenes": OpticalSarScenes, "whu_opt_sar": WHUOptSar}
 
 
 def _identity(batch: Sample) -> Sample:
     return batch
+
+
+class EpochPatchSampler(RandomPatchSampler):
+    """torchgeo's random patch sampler, with the patches of an epoch a function of
+    (seed, epoch) alone.
+
+    A resumed run then draws at epoch N exactly the patches an uninterrupted run draws
+    there. Lightning calls :meth:`set_epoch` before each epoch; each pass also moves on
+    to the next epoch by itself, for loops that do not call it.
+    """
+
+    def __init__(self, *args: Any, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, generator=seed, **kwargs)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[slice, slice]]:
+        self.generator = np.random.default_rng((self.seed, self.epoch))
+        self.epoch += 1
+        return super().__iter__()
 
 
 class OpticalSarDataModule(GeoDataModule):
@@ -54,12 +83,16 @@ class OpticalSarDataModule(GeoDataModule):
         num_workers: int = 0,
         stats_patches: int = 64,
         seed: int = 0,
-        augment: bool = True,
         split_rows: list[float] | None = None,
     ) -> None:
         if dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASETS)}")
-        self.classes = classes or WHU_OPT_SAR_CLASSES
+            raise InputError(
+                f"data.dataset: unknown dataset {dataset!r}; expected one of {sorted(DATASETS)}"
+            )
+        scheme = classes or DATASETS[dataset].default_classes
+        if scheme is None:
+            raise InputError(f"{root}: give the scenes' class scheme (data.classes)")
+        self.classes = scheme
         kwargs: dict[str, Any] = {"root": root, "scenes": scenes}
         if routing is not None:
             kwargs["routing"] = routing
@@ -83,16 +116,48 @@ class OpticalSarDataModule(GeoDataModule):
             if scenes is not None:
                 raise InputError("data.split_rows and data.scenes cannot be used together")
         self.split_rows = split_rows
+        self._datasets: dict[str, OpticalSarScenes] = {}
         self._checked: set[Path] = set()
+        self._stages: set[str] = set()  # label files already checked (row splits share them)
         self.stats_patches = stats_patches
         self.seed = seed
+        # batches reach the task as read: the task flips them inside its training step,
+        # where every random draw is seeded per step (resume-exact)
         self.aug = _identity
-        if augment:
-            self.train_aug = K.AugmentationSequential(
-                K.RandomHorizontalFlip(), K.RandomVerticalFlip(), data_keys=None, keepdim=True
-            )
+        self.train_aug = _identity
+
+    @classmethod
+    def from_config(
+        cls, cfg: RunConfig, routing: BandRouting | None = None
+    ) -> OpticalSarDataModule:
+        """The datamodule a run config describes; ``routing`` replaces the config's (e.g. an
+        adapter's, with its training statistics, for evaluation)."""
+        d = cfg.data
+        root = Path(d.root)
+        if not root.exists():
+            raise InputError(f"{root}: data root not found (data.root)")
+        return cls(
+            root,
+            dataset=d.dataset,
+            routing=routing or cfg.band_routing(),
+            classes=cfg.class_scheme(),
+            scenes=d.scenes,
+            batch_size=d.batch_size,
+            patch_size=d.patch_size,
+            length=d.train_patches,
+            num_workers=d.num_workers,
+            stats_patches=d.stats_patches,
+            seed=cfg.seed,
+            split_rows=d.split_rows,
+        )
 
     def split_dataset(self, split: str) -> OpticalSarScenes:
+        """The dataset of one split, built (and its label codes checked) once."""
+        if split not in self._datasets:
+            self._datasets[split] = self._build_split(split)
+        return self._datasets[split]
+
+    def _build_split(self, split: str) -> OpticalSarScenes:
         kwargs = dict(self.kwargs)
         if self.split_rows is not None:  # every scene in every split, clipped below
             names = sorted(p.stem for p in (Path(kwargs["root"]) / "optical").glob("*.tif"))
@@ -101,7 +166,6 @@ class OpticalSarDataModule(GeoDataModule):
         assert isinstance(ds, OpticalSarScenes)
         if self.split_rows is not None:
             ds.index = geopandas.clip(ds.index, self.row_band(ds, split))
-        # each label file is read once per datamodule, however often Lightning sets up
         unchecked = [p for p in ds.label_paths if p not in self._checked]
         check_label_codes(unchecked, self.classes)
         self._checked.update(unchecked)
@@ -136,10 +200,15 @@ class OpticalSarDataModule(GeoDataModule):
         return shapely.union_all(parts)
 
     def setup(self, stage: str) -> None:
+        """Datasets and samplers of ``stage``; a stage already set up is left as it is
+        (``train()`` sets up before fitting to read statistics, then Lightning asks again)."""
+        if stage in self._stages:
+            return
+        self._stages.add(stage)
         if stage == "fit":
             self.train_dataset = self.split_dataset("train")
-            self.train_sampler = RandomPatchSampler(
-                self.train_dataset, size=self.patch_size, length=self.length, generator=self.seed
+            self.train_sampler = EpochPatchSampler(
+                self.train_dataset, size=self.patch_size, length=self.length, seed=self.seed
             )
             self.ensure_statistics()
         if stage in ("fit", "validate"):
@@ -158,9 +227,12 @@ class OpticalSarDataModule(GeoDataModule):
         assert self.routing is not None
         if self.routing.mean and self.routing.std:
             return self.routing
-        ds = self.train_dataset if self.train_dataset is not None else self.split_dataset("train")
+        ds = self.split_dataset("train")
         sampler = RandomPatchSampler(
-            ds, size=self.patch_size, length=self.stats_patches, generator=self.seed + 1
+            ds,
+            size=self.patch_size,
+            length=self.stats_patches,
+            generator=self.seed + 1,
         )
         mean, std = band_statistics((ds[q]["image"] for q in sampler), self.routing)
         self.routing = self.routing.with_stats(mean, std)

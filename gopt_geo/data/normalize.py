@@ -1,6 +1,7 @@
 """Per-band normalisation statistics, computed from training patches only.
 
-Statistics are taken after SAR is converted to dB (:meth:`BandRouting.to_db`), over
+Statistics are taken in physical units (:meth:`BandRouting.to_physical`: SAR in dB,
+optical scale/offset applied), over
 valid pixels (NaN = nodata is skipped), and stored with the run in the adapter file, so
 prediction normalises exactly as training did. Test or validation data never feed them.
 """
@@ -26,7 +27,7 @@ def band_statistics(
     total = torch.zeros(n, dtype=torch.float64)
     total_sq = torch.zeros(n, dtype=torch.float64)
     for image in images:
-        x = routing.to_db(image).reshape(n, -1).double()
+        x = routing.to_physical(image).reshape(n, -1).double()
         valid = torch.isfinite(x)
         x = torch.where(valid, x, 0.0)
         count += valid.sum(1)

@@ -22,103 +22,17 @@ import torch
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
-from rasterio.warp import transform_bounds
 from torchgeo.datasets import RasterDataset
 from torchgeo.datasets.utils import Sample
 
+from ..compat import torchgeo_load_warp_file
 from ..errors import InputError
+from ..io import check_band_count, open_raster
 from .classes import IGNORE_INDEX, ClassScheme
 
 #: Stand-in CRS for rasters without one: a local engineering CRS in metres, one metre
 #: per pixel. It is never written to an output; it only lets torchgeo index the files.
 PIXEL_GRID_CRS = CRS.from_wkt('LOCAL_CS["pixel grid",UNIT["metre",1]]')
-
-
-#: GDAL's block cache for streaming work (writing scenes, predicting, vectorising): every
-#: block is read or written once, in order, so a large cache only inflates memory, and
-#: GDAL's default (5 % of RAM) lets it grow with the scene up to more than a gigabyte.
-STREAMING_GDAL_CACHE = 128 * 2**20
-
-
-def streaming_gdal_env() -> rasterio.Env:
-    """A rasterio environment with the bounded block cache of :data:`STREAMING_GDAL_CACHE`."""
-    return rasterio.Env(GDAL_CACHEMAX=STREAMING_GDAL_CACHE)
-
-
-def same_grid(a: Any, b: Any) -> bool:
-    """True when two open rasters share CRS, transform and shape (no warp needed)."""
-    return (
-        a.crs == b.crs
-        and a.transform.almost_equals(b.transform)
-        and (a.width, a.height) == (b.width, b.height)
-    )
-
-
-def warp_onto(src: Any, like: Any, resampling: Any, **kwargs: Any) -> WarpedVRT:
-    """A ``WarpedVRT`` of ``src`` on ``like``'s grid (CRS, transform, width, height), read
-    window by window: the one way every consumer puts a raster onto the optical grid."""
-    return WarpedVRT(
-        src,
-        crs=like.crs,
-        transform=like.transform,
-        width=like.width,
-        height=like.height,
-        resampling=resampling,
-        **kwargs,
-    )
-
-
-def open_raster(path: str | Path) -> rasterio.DatasetReader:
-    """Open a raster, turning rasterio's errors into one line that names the file."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    try:
-        return rasterio.open(path)
-    except rasterio.errors.RasterioIOError as err:
-        raise InputError(f"{path}: not a readable raster ({str(err).splitlines()[0]})") from None
-
-
-def check_band_count(path: str | Path, expected: Sequence[str], role: str) -> None:
-    """Fail when a raster has fewer bands than the names configured for it."""
-    with open_raster(path) as src:
-        if src.count < len(expected):
-            raise InputError(
-                f"{path}: {role} raster has {src.count} band(s), but {len(expected)} are "
-                f"configured ({', '.join(expected)})"
-            )
-
-
-def bounds_in(path: str | Path, crs: CRS | None) -> tuple[float, float, float, float]:
-    """The raster's bounds, in ``crs`` when both have a CRS."""
-    with open_raster(path) as src:
-        if crs is None or src.crs is None or src.crs == crs:
-            return tuple(src.bounds)  # type: ignore[return-value]
-        return transform_bounds(src.crs, crs, *src.bounds, densify_pts=21)
-
-
-def check_overlap(optical: str | Path, other: str | Path, role: str = "SAR") -> None:
-    """Fail with a clear message when ``other`` does not overlap the optical raster.
-
-    Also refuses mixing a raster without CRS with one that has a CRS: there is no way
-    to know where one lies relative to the other.
-    """
-    with open_raster(optical) as o, open_raster(other) as s:
-        if (o.crs is None) != (s.crs is None):
-            missing, has = (optical, other) if o.crs is None else (other, optical)
-            raise InputError(
-                f"{missing}: raster has no CRS, but {has} has one; cannot place them relative "
-                "to each other (give both a CRS, or neither)"
-            )
-        ob = _ordered(tuple(o.bounds))
-        sb = _ordered(bounds_in(other, o.crs))
-    if sb[0] >= ob[2] or sb[2] <= ob[0] or sb[1] >= ob[3] or sb[3] <= ob[1]:
-        raise InputError(f"{other}: {role} raster does not overlap the optical raster {optical}")
-
-
-def _ordered(b: tuple[float, ...]) -> tuple[float, float, float, float]:
-    """(xmin, ymin, xmax, ymax) whatever the transform's orientation (no-CRS files are y-down)."""
-    return min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])
 
 
 class BandedRaster(RasterDataset):
@@ -150,7 +64,8 @@ class BandedRaster(RasterDataset):
         files = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
         for f in files:
             if f.suffix.lower() in {".tif", ".tiff"} or not f.is_dir():
-                check_band_count(f, self.all_bands, self.role)
+                with open_raster(f) as src:
+                    check_band_count(f, src.count, self.all_bands, self.role, exact=False)
         super().__init__(
             [str(f) for f in files],
             crs=crs,
@@ -165,7 +80,7 @@ class BandedRaster(RasterDataset):
         src = rasterio.open(filepath)
         if src.crs is not None:
             src.close()
-            return super()._load_warp_file(filepath, crs)
+            return torchgeo_load_warp_file(self, filepath, crs)
         xoff, yoff = self.pixel_grid_offsets.get(Path(filepath).stem, (0.0, 0.0))
         transform = Affine(1.0, 0.0, xoff, 0.0, -1.0, yoff)
         return WarpedVRT(
@@ -284,7 +199,9 @@ def check_label_codes(paths: Iterable[str | Path], scheme: ClassScheme) -> None:
             bad = sorted(set(np.flatnonzero(seen).tolist()) - valid)
             if bad:
                 raise InputError(
-                    f"{path}: label values {bad} are outside the code map (valid: {sorted(valid)})"
+                    f"{path}: label values {bad} are outside the code map (valid: "
+                    f"{sorted(valid)}); declare them in data.classes or list them in "
+                    "data.ignore_codes"
                 )
 
 

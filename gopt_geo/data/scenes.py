@@ -21,6 +21,7 @@ from torchgeo.datasets import IntersectionDataset
 from torchgeo.datasets.utils import Sample
 
 from ..errors import InputError
+from ..io import check_overlap, open_raster
 from .bands import BandRouting
 from .classes import ClassScheme
 from .rasters import (
@@ -28,9 +29,7 @@ from .rasters import (
     OpticalRaster,
     SampleCleaner,
     SarRaster,
-    check_overlap,
     collate_intersection,
-    open_raster,
     read_nodata,
 )
 
@@ -64,6 +63,9 @@ class OpticalSarScenes(IntersectionDataset):
     optical_dir: ClassVar[str] = "optical"
     sar_dir: ClassVar[str] = "sar"
     label_dir: ClassVar[str] = "labels"
+    #: The class scheme of a dataset that has one; a generic folder of scenes has none and
+    #: must be given its scheme.
+    default_classes: ClassVar[ClassScheme | None] = None
 
     def __init__(
         self,
@@ -75,13 +77,14 @@ class OpticalSarScenes(IntersectionDataset):
         labels: bool = True,
         transforms: Callable[[Sample], Sample] | None = None,
     ) -> None:
-        from .classes import WHU_OPT_SAR_CLASSES
-
         self.root = Path(root)
         self.split = split
         self.routing = routing or BandRouting(("B", "G", "R", "NIR"), ("VV", "VH"))
-        self.classes = classes or WHU_OPT_SAR_CLASSES
         self._verify()
+        scheme = classes or self.default_classes
+        if scheme is None:
+            raise InputError(f"{self.root}: give the scenes' class scheme (data.classes)")
+        self.classes = scheme
         self.scenes = scenes or self.default_split()
         if split not in self.scenes:
             raise InputError(f"unknown split {split!r}; expected one of {sorted(self.scenes)}")
@@ -105,6 +108,8 @@ class OpticalSarScenes(IntersectionDataset):
         self.label_paths: list[Path] = []
         if labels:
             self.label_paths = [self.scene_path(self.label_dir, n) for n in self.scene_names]
+            for o, lab in zip(optical, self.label_paths, strict=True):
+                check_overlap(o, lab, "label", cover=True)
             lab_ds = LabelRaster(self.label_paths, **grid)
             first, second = joined, lab_ds
         else:
@@ -164,9 +169,6 @@ class OpticalSarScenes(IntersectionDataset):
                 offsets[name] = (x, 0.0)
                 x += src.width + 10_000
         return offsets
-
-    def sar_files(self) -> list[Path]:
-        return [self.root / self.sar_dir / f"{n}.tif" for n in self.scene_names]
 
     def plot(self, sample: Sample, show_titles: bool = True, suptitle: str | None = None) -> Any:
         """Optical RGB, SAR (first band, dB) and labels side by side."""

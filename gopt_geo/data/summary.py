@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..io import open_raster
 from .classes import WHU_OPT_SAR_CLASSES, ClassScheme
-from .rasters import open_raster
 
 
 def _histogram(path: Path) -> np.ndarray:

@@ -84,8 +84,8 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
-from gopt_geo.data.rasters import streaming_gdal_env
 from gopt_geo.errors import InputError
+from gopt_geo.io import streaming_gdal_env
 
 OPTICAL_BANDS: tuple[str, ...] = ("B", "G", "R", "NIR")
 SAR_BANDS: tuple[str, ...] = ("VV", "VH")

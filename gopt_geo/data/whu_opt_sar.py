@@ -13,17 +13,17 @@ without one are placed on a pixel grid, see rasters.py), the optical band order
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from torchgeo.datasets import DatasetNotFoundError
 from torchgeo.datasets.utils import Sample
 
 from ..errors import InputError
 from .bands import BandRouting
-from .classes import WHU_OPT_SAR_CLASSES
+from .classes import WHU_OPT_SAR_CLASSES, ClassScheme
 from .scenes import OpticalSarScenes
 
 
@@ -70,6 +70,7 @@ class WHUOptSar(OpticalSarScenes):
     optical_dir: ClassVar[str] = "optical"
     sar_dir: ClassVar[str] = "sar"
     label_dir: ClassVar[str] = "lbl"
+    default_classes: ClassVar[ClassScheme | None] = WHU_OPT_SAR_CLASSES
     scene_shape: ClassVar[tuple[int, int]] = (3704, 5556)
     optical_bands: ClassVar[tuple[str, ...]] = ("R", "G", "B", "NIR")
     sar_bands: ClassVar[tuple[str, ...]] = ("SAR",)
@@ -153,12 +154,3 @@ class WHUOptSar(OpticalSarScenes):
                 f"WHU-OPT-SAR incomplete: {len(missing)} file(s) missing under {self.root} "
                 f"({shown}); " + layout
             )
-
-    def plot(self, sample: Sample, show_titles: bool = True, suptitle: str | None = None) -> Any:
-        """Optical RGB, SAR and labels (and ``prediction`` if present) side by side."""
-        return super().plot(sample, show_titles, suptitle)
-
-
-def whu_scene_names(split: str) -> Sequence[str]:
-    """Scene names of an official split (``train`` or ``test``)."""
-    return official_split()[split]

@@ -1,22 +1,32 @@
-"""Whole-scene mapping: streaming sliding-window prediction, COG outputs, vector land cover."""
+"""Whole-scene mapping: streaming sliding-window prediction, COG outputs, vector land cover.
 
-from .predictor import (
-    PredictionResult,
-    PredictionStats,
-    Predictor,
-    WindowPlan,
-    blend_weight,
-    predict_scene,
-)
+Modules, bottom up: :mod:`.reader` (windows of a scene, SAR warped on the fly),
+:mod:`.tiling` (window plan, blend weight, streaming row strip; arrays only),
+:mod:`.writers` (strip-by-strip COG writer), :mod:`.vectorize` (class map -> polygons),
+:mod:`.options` (:class:`PredictOptions`), :mod:`.outputs` (the files of one run),
+:mod:`.report` (the run report), :mod:`.predictor` (all of it, for one scene).
+"""
+
+from .options import PredictOptions
+from .outputs import OutputSet
+from .predictor import PredictionResult, Predictor, predict_scene
+from .reader import Grid, SceneReader
+from .report import PredictionStats
+from .tiling import WindowPlan, blend_weight, stream_rows
 from .vectorize import VectorResult, vectorize
 
 __all__ = [
+    "Grid",
+    "OutputSet",
+    "PredictOptions",
     "PredictionResult",
     "PredictionStats",
     "Predictor",
+    "SceneReader",
     "VectorResult",
     "WindowPlan",
     "blend_weight",
     "predict_scene",
+    "stream_rows",
     "vectorize",
 ]

@@ -2,21 +2,102 @@
 
 A map is only as useful as what is known about how it was made: which inputs, which
 model and bands, how it was tiled, how long it took and what it found (class areas).
+:func:`build_report` gathers those facts into one dict, :func:`render_markdown` lays
+it out for people, :func:`write_report` writes both.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ..data.bands import BandRouting
+from ..data.classes import ClassScheme
+from ..io import write_text_atomic
+
+if TYPE_CHECKING:
+    from .tiling import WindowPlan
+    from .vectorize import VectorResult
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+@dataclass
+class PredictionStats:
+    """What a run did and found (also in the run report)."""
+
+    windows: int
+    seconds: float
+    mpix_per_s: float
+    device: str
+    pixels: int
+    nodata_pixels: int
+    class_pixels: dict[int, int]
+    class_area_m2: dict[int, float] | None  # None when the scene has no CRS
+    vector_features: int | None = None
+
+
+def build_report(
+    *,
+    inputs: Mapping[str, Any],
+    model_info: Mapping[str, Any],
+    routing: BandRouting,
+    classes: ClassScheme,
+    plan: WindowPlan,
+    batch_size: int,
+    stats: PredictionStats,
+    seconds_map: float,
+    vector: VectorResult | None,
+    class_map_nodata: int,
+    outputs: Mapping[str, Path],
+) -> dict[str, Any]:
+    """The report of one run: inputs, model and bands, tiling, timing, classes, outputs."""
+    valid = max(stats.pixels - stats.nodata_pixels, 1)
+    class_rows = []
+    for c in classes.classes:
+        n = stats.class_pixels.get(c.code, 0)
+        entry: dict[str, Any] = {
+            "code": c.code,
+            "name": c.name,
+            "pixels": n,
+            "percent": 100 * n / valid,
+        }
+        if stats.class_area_m2 is not None:
+            entry["area_ha"] = stats.class_area_m2.get(c.code, 0.0) / 1e4
+        class_rows.append(entry)
+    return {
+        "inputs": dict(inputs),
+        "model": {
+            **model_info,
+            "optical_bands": list(routing.optical_bands),
+            "sar_bands": list(routing.sar_bands),
+            "rgb_bands": list(routing.rgb),
+            "aux_bands": list(routing.aux_bands),
+            "classes": classes.to_dict(),
+        },
+        "prediction": {
+            "device": stats.device,
+            "window": plan.window,
+            "overlap": plan.overlap,
+            "stride": plan.stride,
+            "batch_size": batch_size,
+            "windows": stats.windows,
+            "blend": "separable Hann (sin^2) weight on logits",
+        },
+        "timing": {
+            "seconds_total": stats.seconds,
+            "seconds_map": seconds_map,
+            "seconds_vector": vector.seconds if vector else None,
+            "megapixels": stats.pixels / 1e6,
+            "mpix_per_s": stats.mpix_per_s,
+        },
+        "classes": class_rows,
+        "nodata_pixels": stats.nodata_pixels,
+        "class_map_nodata": class_map_nodata,
+        "vector": vector.to_dict() if vector else None,
+        "outputs": {k: str(v) for k, v in outputs.items()},
+    }
 
 
 def _fmt(value: Any) -> str:
@@ -75,5 +156,5 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def write_report(report: dict[str, Any], json_path: Path, markdown_path: Path) -> None:
     """Write the report as JSON and Markdown, each under a temporary name first."""
-    _atomic_write(json_path, json.dumps(report, indent=2, default=str) + "\n")
-    _atomic_write(markdown_path, render_markdown(report))
+    write_text_atomic(json_path, json.dumps(report, indent=2, default=str) + "\n")
+    write_text_atomic(markdown_path, render_markdown(report))

@@ -20,9 +20,9 @@ shared with polygons of other batches, so batches fit together too.
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,13 +41,19 @@ from rasterio.windows import Window
 from shapely.errors import GEOSException
 from shapely.geometry import shape
 
-from ..data.rasters import open_raster, streaming_gdal_env
+from ..data.classes import names_from_tags
 from ..errors import InputError
-from .io import pixel_size_m, rasterio_reason
-from .writers import check_writable, class_names_from_raster, remove_quietly, temporary_name
+from ..io import (
+    atomic_path,
+    check_writable,
+    ensure_output_dir,
+    linear_unit_factor,
+    open_raster,
+    rasterio_reason,
+    streaming_gdal_env,
+)
+from .reader import pixel_size_m
 
-#: --vector option -> file suffix.
-VECTOR_SUFFIXES = {"gpkg": ".gpkg", "parquet": ".parquet", "geojson": ".geojson"}
 #: File suffix -> output driver.
 DRIVERS = {
     ".gpkg": "GPKG",
@@ -89,17 +95,20 @@ def driver_for(path: Path) -> str:
         ) from None
 
 
+def check_polygon_options(min_area: float, simplify: float) -> None:
+    """Refuse a negative minimum area or tolerance (they would silently mean zero)."""
+    if min_area < 0:
+        raise InputError(f"minimum polygon area must be at least 0 m², got {min_area}")
+    if simplify < 0:
+        raise InputError(f"simplification tolerance must be at least 0 metres, got {simplify}")
+
+
 class _Areas:
     """Polygon areas in m² from geometries in the raster's CRS."""
 
     def __init__(self, crs: CRS | None) -> None:
         self.crs = crs
-        self.factor = 1.0
-        if crs is not None and not crs.is_geographic:
-            try:
-                self.factor = crs.linear_units_factor[1] ** 2
-            except Exception:  # no linear unit: assume metres
-                self.factor = 1.0
+        self.factor = linear_unit_factor(crs) ** 2
 
     def __call__(self, geoms: np.ndarray) -> np.ndarray:
         if self.crs is not None and self.crs.is_geographic:
@@ -108,14 +117,16 @@ class _Areas:
 
 
 class _Sink:
-    """Appends batches of polygons to the output under a temporary name."""
+    """Appends batches of polygons to ``tmp`` (the temporary name of the output).
 
-    def __init__(self, path: Path, driver: str, crs: CRS | None) -> None:
-        self.path = path
+    ``layer`` is the final file's stem: the layer name must not carry the temporary name.
+    """
+
+    def __init__(self, tmp: Path, layer: str, driver: str, crs: CRS | None) -> None:
         self.driver = driver
         self.crs = crs
-        self.tmp = temporary_name(path)
-        self.layer = path.stem
+        self.tmp = tmp
+        self.layer = layer
         self.count = 0
         self._created = False  # OGR output file exists (GeoPackage, GeoJSON)
         self._parquet: pq.ParquetWriter | None = None
@@ -164,7 +175,8 @@ class _Sink:
             self._created = True
         self.count += len(frame)
 
-    def close(self) -> Path:
+    def close(self) -> None:
+        """Complete the file (GeoParquet: its ``geo`` metadata); the caller renames it."""
         if self.driver == "Parquet":
             if self._parquet is None:
                 self._parquet = pq.ParquetWriter(self.tmp, self._schema)
@@ -182,16 +194,14 @@ class _Sink:
             }
             self._parquet.add_key_value_metadata({"geo": json.dumps(geo)})
             self._parquet.close()
-        os.replace(self.tmp, self.path)
-        return self.path
 
     def abort(self) -> None:
+        """Close what is open; the caller removes the temporary file."""
         if self._parquet is not None:
             try:
                 self._parquet.close()
             except Exception:  # already failed; the file goes anyway
                 pass
-        remove_quietly(self.tmp)
 
 
 def _block_polygons(
@@ -248,6 +258,42 @@ def _to_map(geoms: np.ndarray, transform: Affine) -> np.ndarray:
     return shapely.transform(geoms, apply)
 
 
+def _final_polygons(
+    src: rasterio.DatasetReader, class_map: Path, block_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Final polygons (pixel coordinates) and codes, one batch per block of rows.
+
+    Polygons that touch the seam with the next block are held back and merged with that
+    block's same-class polygons along the seam, so each batch holds complete regions.
+    """
+    height, width = src.height, src.width
+    pending_g = np.empty(0, dtype=object)
+    pending_c = np.empty(0, dtype=np.int64)
+    for row0 in range(0, height, block_size):
+        row1 = min(height, row0 + block_size)
+        window = Window(0, row0, width, row1 - row0)
+        try:
+            data = src.read(1, window=window)
+            valid = src.read_masks(1, window=window) > 0
+        except rasterio.errors.RasterioError as err:
+            raise InputError(f"{class_map}: cannot read pixels ({rasterio_reason(err)})") from None
+        geoms, codes = _block_polygons(data, valid, row0)
+        top = shapely.bounds(geoms)[:, 1] == row0 if len(geoms) else np.zeros(0, bool)
+        if row0 == 0:
+            top[:] = False
+        merged_g, merged_c = _merge_across_seam(
+            np.concatenate([pending_g, geoms[top]]), np.concatenate([pending_c, codes[top]])
+        )
+        geoms = np.concatenate([geoms[~top], merged_g])
+        codes = np.concatenate([codes[~top], merged_c])
+        if row1 < height and len(geoms):
+            bottom = shapely.bounds(geoms)[:, 3] == row1
+        else:
+            bottom = np.zeros(len(geoms), dtype=bool)
+        pending_g, pending_c = geoms[bottom], codes[bottom]
+        yield geoms[~bottom], codes[~bottom]
+
+
 def vectorize(
     class_map: str | Path,
     out_path: str | Path,
@@ -259,12 +305,14 @@ def vectorize(
 ) -> VectorResult:
     """Polygonise a class map into ``out_path`` (.gpkg, .parquet or .geojson).
 
-    ``min_area`` (m²) drops smaller polygons; ``simplify`` (metres) is the simplification
-    tolerance; ``block_size`` is the number of rows polygonised at a time.
+    ``min_area`` (m²) drops smaller polygons; ``simplify`` is the simplification
+    tolerance in metres (map units for a map without CRS); ``block_size`` is the number
+    of rows polygonised at a time.
     """
     class_map, out_path = Path(class_map), Path(out_path)
     driver = driver_for(out_path)
     check_writable([out_path], overwrite)
+    check_polygon_options(min_area, simplify)
     if block_size < 1:
         raise InputError(f"block size must be at least 1 row, got {block_size}")
     start = time.perf_counter()
@@ -273,65 +321,36 @@ def vectorize(
             raise InputError(
                 f"{class_map}: not a class map (band 1 is {src.dtypes[0]}; expected integer codes)"
             )
-        names = class_names_from_raster(src)
-        height, width, transform, crs = src.height, src.width, src.transform, src.crs
+        names = names_from_tags(src.tags(), src.tags(1))
+        height, transform, crs = src.height, src.transform, src.crs
         tolerance_px = simplify / pixel_size_m(crs, transform, height) if simplify > 0 else 0.0
         areas = _Areas(crs)
-        try:
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise InputError(
-                f"{out_path.parent}: cannot create the folder ({err.strerror})"
-            ) from None
-        sink = _Sink(out_path, driver, crs)
+        ensure_output_dir(out_path.parent)
         area_by_code: dict[int, float] = {}
         removed = 0
         blocks = 0
-        pending_g = np.empty(0, dtype=object)
-        pending_c = np.empty(0, dtype=np.int64)
-        try:
-            for row0 in range(0, height, block_size):
-                row1 = min(height, row0 + block_size)
-                blocks += 1
-                window = Window(0, row0, width, row1 - row0)
-                try:
-                    data = src.read(1, window=window)
-                    valid = src.read_masks(1, window=window) > 0
-                except rasterio.errors.RasterioError as err:
-                    raise InputError(
-                        f"{class_map}: cannot read pixels ({rasterio_reason(err)})"
-                    ) from None
-                geoms, codes = _block_polygons(data, valid, row0)
-                top = shapely.bounds(geoms)[:, 1] == row0 if len(geoms) else np.zeros(0, bool)
-                if row0 == 0:
-                    top[:] = False
-                merged_g, merged_c = _merge_across_seam(
-                    np.concatenate([pending_g, geoms[top]]), np.concatenate([pending_c, codes[top]])
-                )
-                geoms = np.concatenate([geoms[~top], merged_g])
-                codes = np.concatenate([codes[~top], merged_c])
-                if row1 < height and len(geoms):
-                    bottom = shapely.bounds(geoms)[:, 3] == row1
-                else:
-                    bottom = np.zeros(len(geoms), dtype=bool)
-                pending_g, pending_c = geoms[bottom], codes[bottom]
-                removed += _write_batch(
-                    sink,
-                    geoms[~bottom],
-                    codes[~bottom],
-                    transform,
-                    names,
-                    areas,
-                    tolerance_px,
-                    min_area,
-                    area_by_code,
-                )
-            path = sink.close()
-        except BaseException:
-            sink.abort()
-            raise
+        with atomic_path(out_path) as tmp:
+            sink = _Sink(tmp, out_path.stem, driver, crs)
+            try:
+                for geoms, codes in _final_polygons(src, class_map, block_size):
+                    blocks += 1
+                    removed += _write_batch(
+                        sink,
+                        geoms,
+                        codes,
+                        transform,
+                        names,
+                        areas,
+                        tolerance_px,
+                        min_area,
+                        area_by_code,
+                    )
+                sink.close()
+            except BaseException:
+                sink.abort()
+                raise
     return VectorResult(
-        path=path,
+        path=out_path,
         driver=driver,
         features=sink.count,
         removed_small=removed,

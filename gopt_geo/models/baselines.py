@@ -14,21 +14,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from gopt_geo.models.backbone import FrozenBackbone
-from gopt_geo.models.decoder import MultiLevelDecoder
-from gopt_geo.models.gopt import ModelConfig, SegmentationModel
+from gopt_geo.models.backbone import InjectionPoint
+from gopt_geo.models.base import SegmentationModel
+from gopt_geo.models.config import ModelConfig
 from gopt_geo.models.prompters import ACP, Projection, ProjectionBank, prompted_points
 
 
 class OpticalOnlySegmenter(SegmentationModel):
     """Frozen backbone on RGB + trainable decoder; ``aux`` is accepted and ignored."""
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
-        self.backbone = FrozenBackbone(config.backbone, config.weights, frozen=True)
-        self.decoder = MultiLevelDecoder(
-            self.backbone.feature_channels, config.num_classes, config.decoder_dim
-        )
 
     def forward_features(
         self, rgb: Tensor, aux: Tensor, target: Tensor | None
@@ -40,13 +33,7 @@ class EarlyFusionSegmenter(SegmentationModel):
     """RGB + auxiliary bands stacked into one fully fine-tuned backbone."""
 
     def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
-        self.backbone = FrozenBackbone(config.backbone, config.weights, frozen=False)
-        if config.aux_channels:
-            self.backbone.adapt_input_channels(3 + config.aux_channels)
-        self.decoder = MultiLevelDecoder(
-            self.backbone.feature_channels, config.num_classes, config.decoder_dim
-        )
+        super().__init__(config, frozen=False, in_chans=3 + config.aux_channels)
 
     def forward_features(
         self, rgb: Tensor, aux: Tensor, target: Tensor | None
@@ -71,10 +58,8 @@ class StaticPrompter(nn.Module):
 class StaticPromptSegmenter(SegmentationModel):
     """Input-independent prompts at the same injection points as GoPT; ``aux`` ignored."""
 
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
-        self.backbone = FrozenBackbone(config.backbone, config.weights, frozen=True)
-        points = self.backbone.injection_points
+    def build_prompting(self, points: list[InjectionPoint]) -> None:
+        config = self.config
         prompted = prompted_points(
             [p.stride for p in points], config.prompt_every, config.prompt_min_stride
         )
@@ -89,9 +74,6 @@ class StaticPromptSegmenter(SegmentationModel):
         )
         self.projections = ProjectionBank(
             {i: points[i].channels for i in prompted}, dim, config.share_projections
-        )
-        self.decoder = MultiLevelDecoder(
-            self.backbone.feature_channels, config.num_classes, config.decoder_dim
         )
 
     def forward_features(

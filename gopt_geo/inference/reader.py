@@ -10,10 +10,16 @@ Nodata follows the training convention (:class:`gopt_geo.data.rasters.SampleClea
 an optical pixel is nodata when *all* its bands are nodata (GDAL's dataset mask, which also
 honours alpha bands and internal masks); a SAR pixel is nodata when *any* band is nodata
 or the pixel lies outside the SAR footprint; NaN in any band is nodata.
+
+:meth:`SceneReader.batches` reads batches of windows one ahead on a thread, so that reading
+(and warping) overlaps the model; the tiling (:mod:`gopt_geo.inference.tiling`) consumes
+them without knowing where they came from.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -22,43 +28,24 @@ import numpy as np
 import rasterio
 from pyproj import Geod
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp, Resampling
+from rasterio.enums import Resampling
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from ..data.bands import BandRouting
-from ..data.rasters import check_overlap, open_raster, same_grid, warp_onto
 from ..errors import InputError
-
-
-def check_band_count(path: Path, count: int, expected: tuple[str, ...], role: str) -> None:
-    """Fail unless the raster has exactly the bands the model was trained on."""
-    if count != len(expected):
-        raise InputError(
-            f"{path}: {role} raster has {count} band(s), but the model expects "
-            f"{len(expected)} ({', '.join(expected)})"
-        )
-
-
-def rasterio_reason(err: BaseException) -> str:
-    """GDAL's own one-line reason for a rasterio error (rasterio chains it as the cause)."""
-    cause = err.__cause__ or err
-    text = str(cause).strip() or str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def alpha_band(src: rasterio.DatasetReader) -> int | None:
-    """Index (1-based) of the raster's alpha band, if it has one."""
-    for i, interp in enumerate(src.colorinterp, start=1):
-        if interp == ColorInterp.alpha:
-            return i
-    return None
-
-
-def data_band_count(src: rasterio.DatasetReader) -> int:
-    """Bands that hold data (an alpha band is a mask, not a band the model reads)."""
-    return src.count - (alpha_band(src) is not None)
+from ..io import (
+    alpha_band,
+    check_band_count,
+    check_overlap,
+    data_band_count,
+    linear_unit_factor,
+    open_raster,
+    rasterio_reason,
+    same_grid,
+    warp_onto,
+)
 
 
 @dataclass(frozen=True)
@@ -152,6 +139,34 @@ class SceneReader:
         valid &= np.isfinite(image).all(axis=0)
         return image, valid
 
+    def read_batch(self, windows: Sequence[Window]) -> tuple[np.ndarray, np.ndarray]:
+        """Images [B, C, h, w] and validity [B, h, w] of equally sized windows."""
+        images, valids = zip(*(self.read(w) for w in windows), strict=True)
+        return np.stack(images), np.stack(valids)
+
+    def batches(
+        self, windows: Sequence[Window], batch_size: int
+    ) -> Iterator[tuple[list[Window], np.ndarray, np.ndarray]]:
+        """``(windows, images, valid)`` for ``batch_size`` windows at a time, in order.
+
+        One reader thread reads the next batch (and warps its SAR) while the caller works
+        on this one; one, because a GDAL dataset must not be read from two threads at
+        once. Close the generator (or run it to the end) before closing the reader:
+        closing waits for the read in flight, which must not outlive the datasets.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        groups = [list(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)]
+        if not groups:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gopt-read") as pool:
+            pending: Future[tuple[np.ndarray, np.ndarray]] = pool.submit(self.read_batch, groups[0])
+            for i, group in enumerate(groups):
+                images, valid = pending.result()
+                if i + 1 < len(groups):
+                    pending = pool.submit(self.read_batch, groups[i + 1])
+                yield group, images, valid
+
     @staticmethod
     def _read(
         src: rasterio.DatasetReader | WarpedVRT, path: Path | None, window: Window, count: int
@@ -237,10 +252,7 @@ def pixel_areas_m2(crs: CRS | None, transform: Affine, row0: int, nrows: int) ->
     if crs is None:
         return None
     if not crs.is_geographic:
-        try:
-            unit = crs.linear_units_factor[1]
-        except Exception:  # a CRS without a linear unit: assume metres
-            unit = 1.0
+        unit = linear_unit_factor(crs)
         return np.full(nrows, abs(transform.determinant) * unit * unit, dtype=np.float64)
     a, b, c, d, e, f = transform[:6]
     areas = np.empty(nrows, dtype=np.float64)

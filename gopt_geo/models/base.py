@@ -1,0 +1,136 @@
+"""`SegmentationModel`: what GoPT and every baseline share (DESIGN.md §3).
+
+Every variant is a timm backbone plus the same light decoder, with the same inputs
+(normalised RGB, auxiliary bands, optional target), the same outputs and the same
+bookkeeping: padding to the backbone's stride, the peft-style parameter report, and
+the split between the trainable state (what goes into the adapter file) and the frozen
+backbone. The backbone + decoder construction lives here once; a variant adds its
+prompting modules in `build_prompting` and says how its features are computed in
+`forward_features`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from gopt_geo.data.classes import IGNORE_INDEX
+from gopt_geo.errors import InputError
+from gopt_geo.models.backbone import FrozenBackbone, InjectionPoint, pad_to_multiple
+from gopt_geo.models.config import ModelConfig, ParameterReport
+from gopt_geo.models.decoder import MultiLevelDecoder
+
+
+@dataclass
+class SegmentationOutput:
+    logits: Tensor  # [B, num_classes, H, W] at input resolution
+    losses: dict[str, Tensor] = field(default_factory=dict)  # "class_aware", "alignment"
+
+
+class SegmentationModel(nn.Module):
+    """Base of GoPT and every baseline: same inputs, same outputs, same bookkeeping.
+
+    Builds, in this order (the order fixes the state-dict layout and which random
+    numbers each module's initialisation draws): ``self.backbone`` (frozen unless
+    ``frozen=False``, its stem widened to ``in_chans`` if that is not 3), the variant's
+    own modules (`build_prompting`), ``self.decoder`` over the backbone's four feature
+    levels. Subclasses implement ``forward_features``.
+    """
+
+    config: ModelConfig
+    backbone: FrozenBackbone
+    decoder: MultiLevelDecoder
+
+    def __init__(self, config: ModelConfig, *, frozen: bool = True, in_chans: int = 3) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = FrozenBackbone(config.backbone, config.weights, frozen=frozen)
+        if in_chans != 3:
+            self.backbone.adapt_input_channels(in_chans)
+        self.build_prompting(self.backbone.injection_points)
+        self.decoder = MultiLevelDecoder(
+            self.backbone.feature_channels, config.num_classes, config.decoder_dim
+        )
+
+    def build_prompting(self, points: list[InjectionPoint]) -> None:
+        """Create the modules the variant adds at the backbone's injection points
+        (prompters, projections); none by default."""
+
+    def forward_features(
+        self, rgb: Tensor, aux: Tensor, target: Tensor | None
+    ) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """Padded inputs -> (four decoder feature maps, auxiliary losses)."""
+        raise NotImplementedError
+
+    def forward(self, rgb: Tensor, aux: Tensor, target: Tensor | None = None) -> SegmentationOutput:
+        """``rgb`` [B,3,H,W] and ``aux`` [B,A,H,W] normalised, ``target`` [B,H,W] (optional,
+        IGNORE_INDEX ignored) -> logits [B,classes,H,W]. Any H, W: inputs are padded to the
+        backbone's stride and the logits cropped back."""
+        self._check_inputs(rgb, aux, target)
+        h, w = rgb.shape[-2:]
+        divisor = self.backbone.size_divisor
+        rgb = pad_to_multiple(rgb, divisor)
+        aux = pad_to_multiple(aux, divisor)
+        if target is not None:
+            target = pad_to_multiple(target, divisor, value=IGNORE_INDEX)
+        features, losses = self.forward_features(rgb, aux, target)
+        logits = self.decoder(features, (rgb.shape[-2], rgb.shape[-1]))
+        return SegmentationOutput(logits[..., :h, :w], losses)
+
+    def _check_inputs(self, rgb: Tensor, aux: Tensor, target: Tensor | None) -> None:
+        if rgb.ndim != 4 or rgb.shape[1] != 3:
+            raise ValueError(f"rgb must be [B, 3, H, W], got {tuple(rgb.shape)}")
+        if aux.ndim != 4 or aux.shape[1] != self.config.aux_channels:
+            raise ValueError(
+                f"aux must be [B, {self.config.aux_channels}, H, W] (aux_channels), "
+                f"got {tuple(aux.shape)}"
+            )
+        if aux.shape[0] != rgb.shape[0] or aux.shape[-2:] != rgb.shape[-2:]:
+            raise ValueError(f"rgb {tuple(rgb.shape)} and aux {tuple(aux.shape)} do not match")
+        if target is not None and (
+            target.shape[0] != rgb.shape[0] or target.shape[-2:] != rgb.shape[-2:]
+        ):
+            raise ValueError(f"target {tuple(target.shape)} does not match rgb {tuple(rgb.shape)}")
+
+    # bookkeeping -------------------------------------------------------------------
+
+    def parameter_report(self) -> ParameterReport:
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return ParameterReport(trainable, total, 100.0 * trainable / max(total, 1))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimiser gets: never a frozen backbone tensor."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _is_frozen_key(self, key: str) -> bool:
+        return self.backbone.frozen and key.startswith("backbone.")
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """The trainable state: trainable parameters plus the buffers of trainable modules
+        (decoder batch-norm statistics), i.e. everything outside the frozen backbone."""
+        return {k: v for k, v in self.state_dict().items() if not self._is_frozen_key(k)}
+
+    def load_trainable_state_dict(self, state: dict[str, Tensor], source: str = "state") -> None:
+        """Load ``trainable_state_dict`` output strictly: same keys, same shapes."""
+        expected = self.trainable_state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise InputError(
+                f"{source}: tensors do not match the model: {len(missing)} missing "
+                f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
+            )
+        for key, tensor in state.items():
+            if tensor.shape != expected[key].shape:
+                raise InputError(
+                    f"{source}: tensor {key} has shape {tuple(tensor.shape)}, the model "
+                    f"expects {tuple(expected[key].shape)}"
+                )
+        result = self.load_state_dict(state, strict=False)
+        assert not result.unexpected_keys
+        assert all(self._is_frozen_key(k) for k in result.missing_keys)
+
+    def backbone_identity(self) -> dict[str, str]:
+        return self.backbone.identity()

@@ -1,0 +1,135 @@
+"""What a model is, without building it: `ModelConfig`, `ParameterReport`, the variants.
+
+Torch-free on purpose: the config is read from YAML files and from adapter metadata
+(``gopt-geo info``), which must not pay for importing torch and timm. The modules that
+build models import this one, never the other way round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from gopt_geo import __version__
+from gopt_geo.errors import InputError
+
+#: The model variants, in the order reports list them (``build_model`` has one class each).
+VARIANTS = ("gopt", "optical_only", "early_fusion", "static_prompt")
+
+#: Fields added after adapter files were first written, with the value that reproduces
+#: what a file without the field was trained with, where that differs from the field's
+#: default. A stored config lacking a field gets the value here, else the default, so
+#: an older adapter keeps its model. Rule for new fields: default to the old behaviour,
+#: or add the old behaviour here.
+_BEFORE_FIELD_EXISTED: dict[str, Any] = {
+    "prompt_min_stride": 1,  # before it, every injection point was prompted
+    "acp_query": "rgb",  # before it, ACP queried with the RGB tokens alone
+}
+
+
+class UnknownConfigFields(InputError):
+    """A stored config names fields this gopt-geo does not know (a newer version wrote it).
+
+    Refused rather than ignored: an unknown field may change the model's math, and
+    dropping it would rebuild a different model than the one the tensors were trained in.
+    """
+
+    def __init__(self, fields: list[str]) -> None:
+        self.fields = fields
+        super().__init__(
+            f"model config: unknown fields {', '.join(fields)} (written by a newer "
+            f"gopt-geo? this is {__version__}; upgrade gopt-geo to load it)"
+        )
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model; stored in the adapter file."""
+
+    variant: str = "gopt"  # gopt | optical_only | early_fusion | static_prompt
+    backbone: str = "efficientnet_lite0"  # any timm model name
+    weights: str = "packaged"  # packaged | timm | random | path to .safetensors/.pth
+    num_classes: int = 7
+    aux_channels: int = 3  # number of auxiliary bands (e.g. NIR, VV, VH)
+    prompt_dim: int = 48  # d_p
+    num_groups: int | None = None  # K; None -> num_classes
+    prompt_every: int = 1  # prompter at every n-th injection point
+    assignment: str = "hard"  # hard | soft
+    tau: float = 1.0  # Gumbel-Softmax temperature
+    class_aware_loss: bool = True
+    alignment_loss: bool = True
+    decoder_dim: int = 64
+    num_prompt_tokens: int = 8  # static_prompt variant only
+    prompt_heads: int = 4  # heads of the prompt cross-attentions (must divide prompt_dim)
+    share_projections: bool = True  # one ACP down/up projection per backbone width
+    prompt_min_stride: int = 8  # first prompted point: stride >= this (CNN stages; ViT: all)
+    acp_query: str = "rgb+aux"  # rgb | rgb+aux: what the RGB tokens query the prompts with
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.variant not in VARIANTS:
+            problems.append(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.assignment not in ("hard", "soft"):
+            problems.append(f"assignment must be hard or soft, got {self.assignment!r}")
+        for name in ("num_classes", "prompt_dim", "prompt_every", "decoder_dim", "prompt_heads"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.aux_channels < 0 or (self.aux_channels == 0 and self.variant == "gopt"):
+            problems.append(f"aux_channels must be >= 1 for GoPT, got {self.aux_channels}")
+        if self.num_groups is not None and self.num_groups < 1:
+            problems.append(f"num_groups must be >= 1, got {self.num_groups}")
+        if self.tau <= 0:
+            problems.append(f"tau must be > 0, got {self.tau}")
+        if self.prompt_dim % max(self.prompt_heads, 1):
+            problems.append(
+                f"prompt_dim {self.prompt_dim} must be divisible by "
+                f"prompt_heads {self.prompt_heads}"
+            )
+        if problems:
+            raise InputError("model config: " + "; ".join(problems))
+
+    @property
+    def groups(self) -> int:
+        """K, the number of class tokens / prompt groups."""
+        return self.num_groups if self.num_groups is not None else self.num_classes
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """A stored config (``to_dict`` output, possibly from another gopt-geo version).
+
+        As in peft's config loading, an older file loads in a newer gopt-geo: a field the
+        older version did not write gets the value that version behaved as (see
+        ``_BEFORE_FIELD_EXISTED``), else its default. Fields this version does not know
+        (a newer file) are refused with `UnknownConfigFields` rather than dropped with a
+        warning as peft does: they may change the model's math.
+        """
+        if not isinstance(d, dict):
+            raise InputError(f"model config: expected a mapping, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UnknownConfigFields(unknown)
+        older = {k: v for k, v in _BEFORE_FIELD_EXISTED.items() if k not in d}
+        return cls(**{**older, **d})
+
+
+@dataclass
+class ParameterReport:
+    """Parameter accounting in the peft convention."""
+
+    trainable: int
+    total: int
+    percent: float
+
+    def __str__(self) -> str:
+        return (
+            f"trainable params: {self.trainable:,} || all params: {self.total:,} "
+            f"|| trainable%: {self.percent:.4f}"
+        )
+
+    def to_dict(self) -> dict[str, float | int]:
+        return dataclasses.asdict(self)
