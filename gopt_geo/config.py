@@ -43,6 +43,7 @@ class DataConfig:
     ignore_codes: list[int] | None = None  # None: the scheme's own (inline: none)
     scenes: dict[str, list[str]] | None = None  # explicit {train,val,test} scene names
     split_rows: list[float] | None = None  # e.g. [0.7, 0.15, 0.15]: row bands of each scene
+    split_order: list[str] | None = None  # bands from the top; default [train, val, test]
     patch_size: int = 256
     batch_size: int = 8
     train_patches: int = 512  # random training patches per epoch

@@ -68,8 +68,8 @@ class DemoResult:
     seconds: float
 
 
-def demo_config(out: Path, variant: str, fast: bool, device: str = "auto") -> RunConfig:
-    plan = FAST if fast else FULL
+def demo_config(out: Path, variant: str, plan: dict[str, int], device: str = "auto") -> RunConfig:
+    """The run config of one demo model: configs/demo.yaml's recipe on ``plan``'s budget."""
     settings = {
         **DEMO_SETTINGS,
         "data.root": str(out / "scenes"),
@@ -88,8 +88,13 @@ def run_demo(
     overwrite: bool = False,
     device: str = "auto",
     log: Callable[[str], None] = print,
+    plan: dict[str, int] | None = None,
 ) -> DemoResult:
-    """Run the whole chain into ``out``; returns the comparison (see module docstring)."""
+    """Run the whole chain into ``out``; returns the comparison (see module docstring).
+
+    ``plan`` replaces the FULL/FAST budget (scenes, size, epochs, train_patches): the
+    unit suite runs the whole chain on a tiny one.
+    """
     from .data.synthetic import make_scenes
     from .evaluation import evaluate_maps
     from .inference.options import PredictOptions
@@ -105,7 +110,7 @@ def run_demo(
         shutil.rmtree(out)
     out.mkdir(parents=True)
     (out / MARKER).write_text("written by gopt-geo demo; the next demo run replaces this folder\n")
-    plan = FAST if fast else FULL
+    plan = plan or (FAST if fast else FULL)
     log(f"[1/4] synthetic scenes: {plan['scenes']} x {plan['size']}^2 px -> {out / 'scenes'}")
     scenes = make_scenes(out / "scenes", plan["scenes"], size=plan["size"], seed=0)
     test = scenes[-1]
@@ -113,7 +118,7 @@ def run_demo(
     metrics: dict[str, dict[str, dict[str, Any]]] = {}
     maps: dict[str, Path] = {}
     for i, (variant, label) in enumerate(MODELS.items()):
-        cfg = demo_config(out, variant, fast, device)
+        cfg = demo_config(out, variant, plan, device)
         log(f"[{2 + i}/4] training {label} ({cfg.train.epochs} epochs)")
         result = train(cfg, log=lambda m: log("      " + m))
         pred_dir = out / "maps" / variant

@@ -11,15 +11,20 @@ from typer.testing import CliRunner
 
 from gopt_geo.cli import app
 from gopt_geo.config import load_config
+from gopt_geo.demo import run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+#: The whole chain on a tiny budget: the unit suite checks that every step runs and
+#: writes its outputs; how well the models do is benchmarks/demo.py's business.
+SMOKE_PLAN = {"scenes": 3, "size": 192, "epochs": 1, "train_patches": 16}
 
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "demo-output"
-    res = CliRunner().invoke(app, ["demo", "--fast", "--out", str(out), "--device", "cpu"])
-    assert res.exit_code == 0, res.output
+    run_demo(out, device="cpu", plan=SMOKE_PLAN, log=lambda *_: None)
     return out
 
 
@@ -50,7 +55,7 @@ def test_demo_trains_with_the_shipped_config(demo_dir: Path) -> None:
     """What the demo's GoPT run actually trained with (the config train() saved) is
     configs/demo.yaml, apart from the settings the demo sets per run."""
     per_run = {("data", "root"), ("output_dir",), ("train", "epochs"), ("train", "device")}
-    per_run |= {("data", "train_patches")}  # --fast trains on fewer patches
+    per_run |= {("data", "train_patches")}  # the budget (FULL, FAST or the smoke plan)
     used = load_config(demo_dir / "runs" / "gopt" / "config.yaml").to_dict()
     shipped = load_config(ROOT / "configs" / "demo.yaml").to_dict()
 

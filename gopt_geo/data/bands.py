@@ -62,6 +62,9 @@ class BandRouting:
     optical_scale: tuple[float, ...] = ()
     optical_offset: tuple[float, ...] = ()
     optical_indices: tuple[int, ...] = ()
+    #: per band, percentiles (p01, p50, p99) of the stored training values: what a scene
+    #: given to this model should look like (see gopt_geo.inference.sanity)
+    profile: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.aux is None:  # resolve the default once, so equal routings compare equal
@@ -107,8 +110,40 @@ class BandRouting:
     def num_aux(self) -> int:
         return len(self.aux_bands)
 
-    def with_stats(self, mean: dict[str, float], std: dict[str, float]) -> BandRouting:
-        return dataclasses.replace(self, mean=dict(mean), std=dict(std))
+    def with_stats(
+        self,
+        mean: dict[str, float],
+        std: dict[str, float],
+        profile: dict[str, dict[str, float]] | None = None,
+    ) -> BandRouting:
+        return dataclasses.replace(
+            self, mean=dict(mean), std=dict(std), profile=dict(profile or self.profile)
+        )
+
+    def sar_units_warning(self) -> str | None:
+        """A warning when the SAR values do not look like the declared ``sar_units``
+        (from the training statistics, in dB after conversion), else None.
+
+        Backscatter of land and water lies roughly between -35 and +5 dB. Linear power
+        read as dB averages near 0 (a few hundredths); dB values read as linear are
+        negative, floored at -50 dB by the conversion.
+        """
+        for band in self.sar_bands:
+            mean = self.mean.get(band)
+            if mean is None:
+                continue
+            if self.sar_units == "db" and -1.0 < mean < 3.0:
+                return (
+                    f"SAR band {band} averages {mean:.3g} 'dB': that looks like linear power "
+                    "or amplitude, not dB; check data.sar_units (db, linear, amplitude)"
+                )
+            if self.sar_units != "db" and mean < -40.0:
+                return (
+                    f"SAR band {band} averages {mean:.3g} dB after converting from "
+                    f"{self.sar_units}: the stored values look like dB already (negative); "
+                    "check data.sar_units"
+                )
+        return None
 
     def to_physical(self, image: torch.Tensor) -> torch.Tensor:
         """Stacked image [..., C, H, W] (optical then SAR) as float in physical units:
@@ -162,6 +197,7 @@ class BandRouting:
             "optical_scale": list(self.optical_scale),
             "optical_offset": list(self.optical_offset),
             "optical_indices": list(self.optical_indices),
+            "profile": {k: dict(v) for k, v in self.profile.items()},
         }
 
     @classmethod
@@ -177,4 +213,7 @@ class BandRouting:
             optical_scale=tuple(float(v) for v in d.get("optical_scale", ())),
             optical_offset=tuple(float(v) for v in d.get("optical_offset", ())),
             optical_indices=tuple(int(v) for v in d.get("optical_indices", ())),
+            profile={
+                k: {q: float(x) for q, x in v.items()} for k, v in d.get("profile", {}).items()
+            },
         )

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,6 +85,7 @@ class OpticalSarDataModule(GeoDataModule):
         stats_patches: int = 64,
         seed: int = 0,
         split_rows: list[float] | None = None,
+        split_order: list[str] | None = None,
     ) -> None:
         if dataset not in DATASETS:
             raise InputError(
@@ -116,6 +118,11 @@ class OpticalSarDataModule(GeoDataModule):
             if scenes is not None:
                 raise InputError("data.split_rows and data.scenes cannot be used together")
         self.split_rows = split_rows
+        self.split_order = list(split_order or SPLITS)
+        if sorted(self.split_order) != sorted(SPLITS):
+            raise InputError(
+                f"data.split_order: expected train, val and test once each, got {split_order}"
+            )
         self._datasets: dict[str, OpticalSarScenes] = {}
         self._checked: set[Path] = set()
         self._stages: set[str] = set()  # label files already checked (row splits share them)
@@ -149,6 +156,7 @@ class OpticalSarDataModule(GeoDataModule):
             stats_patches=d.stats_patches,
             seed=cfg.seed,
             split_rows=d.split_rows,
+            split_order=d.split_order,
         )
 
     def split_dataset(self, split: str) -> OpticalSarScenes:
@@ -176,21 +184,29 @@ class OpticalSarDataModule(GeoDataModule):
     def row_band(self, ds: OpticalSarScenes, split: str) -> shapely.Geometry:
         """This split's band of rows of every scene, as torchgeo's ``roi_split`` takes it.
 
-        Bands follow the order train, val, test from the top of each scene. Inner borders
-        are pulled back by half a patch on each side: random training patches stay
-        inside their band, and gridded validation/test patches, which may reach up to
-        half a patch past theirs, can then never meet a training patch."""
+        Bands follow ``split_order`` from the top of each scene (train, val, test unless
+        chosen otherwise), with ``split_rows`` fractions of its rows each. Every border is
+        a whole pixel row: patches inside a band then lie on the raster's own grid and are
+        read without resampling. Inner borders are pulled back by half a patch on each
+        side (the guard gap: one patch height per border is used by no split, so on a
+        small scene this costs ``patch_size`` rows per inner border): random training
+        patches stay inside their band, and gridded validation/test patches, which may
+        reach up to half a patch past theirs, can never meet a training patch."""
         assert self.split_rows is not None
-        i = SPLITS.index(split)
-        start, stop = sum(self.split_rows[:i]), sum(self.split_rows[: i + 1])
-        half_gap = self.patch_size * ds.res[1] / 2
+        order = self.split_order
+        i = order.index(split)
+        fractions = [self.split_rows[SPLITS.index(s)] for s in order]
+        start, stop = sum(fractions[:i]), sum(fractions[: i + 1])
+        res = ds.res[1]
+        half_gap = self.patch_size // 2
         parts = []
         for geom in ds.index.geometry:
             x0, y0, x1, y1 = geom.bounds
-            h = y1 - y0
-            top = y1 - start * h - (half_gap if i > 0 else 0.0)
-            bottom = y1 - stop * h + (half_gap if i < len(SPLITS) - 1 else 0.0)
-            if top > bottom:
+            rows = round((y1 - y0) / res)
+            first = round(start * rows) + (half_gap if i > 0 else 0)
+            last = round(stop * rows) - (half_gap if i < len(order) - 1 else 0)
+            top, bottom = y1 - first * res, y1 - last * res
+            if first < last:
                 parts.append(shapely.box(x0, bottom, x1, top).intersection(geom))
         if not parts:
             raise InputError(
@@ -234,8 +250,11 @@ class OpticalSarDataModule(GeoDataModule):
             length=self.stats_patches,
             generator=self.seed + 1,
         )
-        mean, std = band_statistics((ds[q]["image"] for q in sampler), self.routing)
-        self.routing = self.routing.with_stats(mean, std)
+        mean, std, profile = band_statistics((ds[q]["image"] for q in sampler), self.routing)
+        self.routing = self.routing.with_stats(mean, std, profile)
+        warning = self.routing.sar_units_warning()
+        if warning:
+            warnings.warn(f"{self.kwargs['root']}: {warning}", UserWarning, stacklevel=2)
         return self.routing
 
     def transfer_batch_to_device(

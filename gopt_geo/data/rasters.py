@@ -27,7 +27,7 @@ from torchgeo.datasets.utils import Sample
 
 from ..compat import torchgeo_load_warp_file
 from ..errors import InputError
-from ..io import check_band_count, open_raster
+from ..io import band_indexes, open_raster
 from .classes import IGNORE_INDEX, ClassScheme
 
 #: Stand-in CRS for rasters without one: a local engineering CRS in metres, one metre
@@ -38,10 +38,13 @@ PIXEL_GRID_CRS = CRS.from_wkt('LOCAL_CS["pixel grid",UNIT["metre",1]]')
 class BandedRaster(RasterDataset):
     """A RasterDataset whose band names are chosen per instance.
 
-    ``band_names`` names the file's bands in order (the file may have more bands; the
-    first ones are read). Explicit files are checked up front, so a missing, unreadable
-    or too-small file is reported by name instead of being skipped silently, as
-    torchgeo does with unreadable files.
+    ``band_names`` are the bands to read, in the order the model takes them. Files whose
+    bands carry descriptions are read by name (a 13-band Sentinel-2 file serves a B, G,
+    R, NIR config as it is); files without are read at ``band_indices`` (1-based) or as
+    their first bands (:func:`gopt_geo.io.band_indexes`). Every file of one dataset must
+    lay its bands out alike. Explicit files are checked up front, so a missing,
+    unreadable or too-small file is reported by name instead of being skipped silently,
+    as torchgeo does with unreadable files.
     """
 
     filename_glob = "*.tif"
@@ -57,20 +60,42 @@ class BandedRaster(RasterDataset):
         transforms: Callable[[Sample], Sample] | None = None,
         pixel_grid_offsets: dict[str, tuple[float, float]] | None = None,
         cache: bool = True,
+        band_indices: Sequence[int] = (),
     ) -> None:
-        if band_names is not None:
-            self.all_bands = tuple(band_names)
+        names = tuple(band_names) if band_names is not None else tuple(self.all_bands)
         self.pixel_grid_offsets = pixel_grid_offsets or {}
         files = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
+        layout: tuple[list[int], Path] | None = None
         for f in files:
             if f.suffix.lower() in {".tif", ".tiff"} or not f.is_dir():
                 with open_raster(f) as src:
-                    check_band_count(f, src.count, self.all_bands, self.role, exact=False)
+                    # a label raster has one band of codes, whatever it is called
+                    indexes = (
+                        band_indexes(f, src, names, self.role, band_indices)
+                        if self.is_image
+                        else [1]
+                    )
+                    width = src.count
+                if layout is not None and indexes != layout[0]:
+                    raise InputError(
+                        f"{f}: {self.role} bands {list(names)} are bands {indexes} here but "
+                        f"{layout[0]} in {layout[1]}; every file must lay its bands out alike"
+                    )
+                layout = layout or (indexes, f)
+        # torchgeo reads ``bands`` at their positions in ``all_bands``: name the file's
+        # bands so that each configured name sits at the band it is read from
+        positions = layout[0] if layout else list(range(1, len(names) + 1))
+        slots = [
+            f"_band{i}" for i in range(1, max([*positions, len(names), width if layout else 0]) + 1)
+        ]
+        for name, index in zip(names, positions, strict=True):
+            slots[index - 1] = name
+        self.all_bands = tuple(slots)
         super().__init__(
             [str(f) for f in files],
             crs=crs,
             res=res,
-            bands=self.all_bands or None,
+            bands=names or None,
             transforms=transforms,
             cache=cache,
         )

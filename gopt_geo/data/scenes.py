@@ -97,7 +97,12 @@ class OpticalSarScenes(IntersectionDataset):
         for o, s in zip(optical, sar, strict=True):
             check_overlap(o, s, "SAR")
         offsets = self.pixel_grid_offsets()
-        opt_ds = OpticalRaster(optical, self.routing.optical_bands, pixel_grid_offsets=offsets)
+        opt_ds = OpticalRaster(
+            optical,
+            self.routing.optical_bands,
+            pixel_grid_offsets=offsets,
+            band_indices=self.routing.optical_indices,
+        )
         # SAR and labels are indexed on the optical grid from the start (torchgeo would
         # otherwise re-index them, and print about it, when they are intersected)
         grid = {"crs": opt_ds.crs, "res": opt_ds.res, "pixel_grid_offsets": offsets}
