@@ -44,6 +44,7 @@ SECTIONS = (
     "accuracy",
     "vectorize_speed",
     "demo",
+    "predict_many",
 )
 
 HEADER = """# gopt-geo benchmarks

@@ -202,12 +202,27 @@ def evaluate(
 @user_errors
 def predict(
     scene: Annotated[
-        Path, typer.Argument(help="Optical scene (GeoTIFF); its grid is the output grid.")
-    ],
-    sar: Annotated[
-        Path, typer.Option(help="SAR raster (any CRS/resolution overlapping the scene).")
+        str,
+        typer.Argument(
+            help="Optical scene: a raster GDAL opens (path, VRT, https://, s3://, /vsicurl/...) "
+            "or a STAC Item (.json file or URL); its grid is the output grid."
+        ),
     ],
     model: Annotated[Path, typer.Option(help="Adapter file (.safetensors) from `gopt-geo train`.")],
+    sar: Annotated[
+        str | None,
+        typer.Option(
+            help="SAR raster or STAC Item (any CRS/resolution overlapping the scene); "
+            "not needed when the scene's STAC item has the SAR bands."
+        ),
+    ] = None,
+    assets: Annotated[
+        str | None,
+        typer.Option(
+            help="STAC asset of each band, e.g. B=blue,NIR=B08 (default: the usual "
+            "Sentinel-2 L2A and Sentinel-1 keys)."
+        ),
+    ] = None,
     out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="Output folder.")] = Path("."),
     window: Annotated[int, typer.Option(help="Window size in pixels.")] = 512,
     overlap: Annotated[
@@ -219,8 +234,15 @@ def predict(
         bool, typer.Option(help="Also write per-class probabilities.")
     ] = False,
     confidence: Annotated[bool, typer.Option(help="Write the confidence map.")] = True,
+    uncertainty: Annotated[
+        bool,
+        typer.Option(help="Also write the uncertainty map (normalised entropy, 0..1)."),
+    ] = False,
     vector: Annotated[str, typer.Option(help="gpkg, parquet, geojson or none.")] = "gpkg",
-    min_area: Annotated[float, typer.Option(help="Drop polygons smaller than this (m²).")] = 0.0,
+    min_area: Annotated[
+        float,
+        typer.Option(help="Merge regions smaller than this (m²) into their neighbours."),
+    ] = 0.0,
     simplify: Annotated[
         float, typer.Option(help="Simplification tolerance in metres (0: none).")
     ] = 0.0,
@@ -228,8 +250,10 @@ def predict(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Map a whole scene: class map COG, confidence, vector land cover and a run report."""
+    from .adapter import read_adapter_metadata
     from .inference.options import PredictOptions
     from .inference.predictor import predict_scene
+    from .inference.sources import parse_asset_map, single_scene
 
     options = PredictOptions(
         window=window,
@@ -237,6 +261,7 @@ def predict(
         batch_size=batch_size,
         probabilities=probabilities,
         confidence=confidence,
+        uncertainty=uncertainty,
         vector=vector,
         min_area=min_area,
         simplify=simplify,
@@ -244,7 +269,9 @@ def predict(
         progress=progress,
         device=device,
     )
-    result = predict_scene(scene, sar, model, out_dir, options)
+    routing = read_adapter_metadata(model).routing  # STAC assets are matched to its bands
+    chosen = single_scene(scene, sar, routing, parse_asset_map(assets))
+    result = predict_scene(chosen.optical, chosen.sar, model, out_dir, options)
     s = result.stats
     _echo(
         f"mapped {s.pixels:,} px in {s.seconds:.1f} s ({s.mpix_per_s:.2f} MPix/s, {s.windows} "
@@ -254,7 +281,10 @@ def predict(
         ("class map", result.class_map),
         ("confidence", result.confidence),
         ("probabilities", result.probabilities),
+        ("uncertainty", result.uncertainty),
         ("vector land cover", result.vector),
+        ("quicklook", result.quicklook),
+        ("STAC item", result.item),
         ("report", result.report_markdown),
     ):
         if path is not None:
@@ -266,7 +296,10 @@ def predict(
 def vectorize(
     class_map: Annotated[Path, typer.Argument(help="A class map GeoTIFF.")],
     output: Annotated[Path, typer.Option("-o", "--output", help=".gpkg, .parquet or .geojson")],
-    min_area: Annotated[float, typer.Option(help="Drop polygons smaller than this (m²).")] = 0.0,
+    min_area: Annotated[
+        float,
+        typer.Option(help="Merge regions smaller than this (m²) into their neighbours."),
+    ] = 0.0,
     simplify: Annotated[
         float, typer.Option(help="Simplification tolerance in metres (0: none).")
     ] = 0.0,
@@ -285,9 +318,25 @@ def vectorize(
         overwrite=overwrite,
     )
     _echo(
-        f"{result.features:,} polygons ({result.removed_small:,} below --min-area dropped) in "
+        f"{result.features:,} polygons ({result.sieved_pixels:,} px of regions below --min-area "
+        f"merged into neighbours, {result.removed_small:,} isolated ones dropped) in "
         f"{result.seconds:.1f} s -> {result.path} ({result.driver})"
     )
+
+
+@app.command("init-config")
+@user_errors
+def init_config(
+    root: Annotated[Path, typer.Argument(help="Scene folder with optical/, sar/, labels/.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Config file to write.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing config file.")] = False,
+) -> None:
+    """Write a starter training config from a scene folder: bands, classes, split."""
+    from .init_config import write_starter_config
+
+    path = write_starter_config(root, output, overwrite=overwrite)
+    _echo(path.read_text())
+    _echo(f"written to {path}; check the commented guesses, then: gopt-geo train --config {path}")
 
 
 @app.command()
@@ -317,3 +366,185 @@ def demo(
     result = run_demo(out, fast=fast, overwrite=overwrite, device=device, log=_echo)
     _echo("")
     _echo(result.report_markdown.read_text())
+
+
+@app.command("predict-many")
+@user_errors
+def predict_many(
+    model: Annotated[Path, typer.Option(help="Adapter file (.safetensors) from `gopt-geo train`.")],
+    out_dir: Annotated[
+        Path, typer.Option("-o", "--out-dir", help="Run folder: OUT/<scene id>/ per scene.")
+    ],
+    scenes: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Manifests (.csv/.yaml with id, optical, sar), STAC Items or "
+            "ItemCollections (.json, file or URL), or optical rasters (paths or URLs)."
+        ),
+    ] = None,
+    optical_dir: Annotated[
+        Path | None, typer.Option(help="Folder of optical rasters (scene id = file stem).")
+    ] = None,
+    sar_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder of SAR rasters, paired by file stem (missing: reported)."),
+    ] = None,
+    assets: Annotated[
+        str | None, typer.Option(help="STAC asset of each band, e.g. B=blue,NIR=B08.")
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Dask scheduler address or scheduler file; default: a LocalCluster on this "
+            "machine (one worker per GPU)."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Local workers (default: sized to the machine; 0: no cluster)."),
+    ] = None,
+    threads_per_worker: Annotated[
+        int | None, typer.Option(help="Torch threads per worker (default: cores / workers).")
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume/--overwrite",
+            help="Skip scenes already mapped by this adapter with these options, or map all.",
+        ),
+    ] = True,
+    retries: Annotated[
+        int, typer.Option(help="Tries again for network or worker failures (not bad inputs).")
+    ] = 2,
+    window: Annotated[int, typer.Option(help="Window size in pixels.")] = 512,
+    overlap: Annotated[
+        float, typer.Option(help="Overlap between windows, 0 <= overlap < 1.")
+    ] = 0.25,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 4,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    probabilities: Annotated[
+        bool, typer.Option(help="Also write per-class probabilities.")
+    ] = False,
+    confidence: Annotated[bool, typer.Option(help="Write the confidence map.")] = True,
+    uncertainty: Annotated[
+        bool,
+        typer.Option(help="Also write the uncertainty map (normalised entropy, 0..1)."),
+    ] = False,
+    vector: Annotated[str, typer.Option(help="gpkg, parquet, geojson or none.")] = "gpkg",
+    min_area: Annotated[
+        float,
+        typer.Option(help="Merge regions smaller than this (m²) into their neighbours."),
+    ] = 0.0,
+    simplify: Annotated[
+        float, typer.Option(help="Simplification tolerance in metres (0: none).")
+    ] = 0.0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar over scenes.")] = True,
+) -> None:
+    """Map many scenes on a Dask cluster (local or existing): one task per scene, resumable;
+    per scene what `predict` writes, per run a report, a GeoParquet index and VRT mosaics."""
+    from .adapter import read_adapter_metadata
+    from .errors import InputError
+    from .inference.many import executor_for
+    from .inference.many import predict_many as run_many
+    from .inference.options import PredictOptions
+    from .inference.sources import collect_scenes, parse_asset_map
+
+    options = PredictOptions(
+        window=window,
+        overlap=overlap,
+        batch_size=batch_size,
+        probabilities=probabilities,
+        confidence=confidence,
+        uncertainty=uncertainty,
+        vector=vector,
+        min_area=min_area,
+        simplify=simplify,
+        progress=False,
+        device=device,
+    )
+    if retries < 0:
+        raise InputError(f"--retries must be 0 or more, got {retries}")
+    routing = read_adapter_metadata(model).routing
+    found = collect_scenes(
+        scenes or [],
+        routing,
+        optical_dir=optical_dir,
+        sar_dir=sar_dir,
+        assets=parse_asset_map(assets),
+    )
+    with executor_for(scheduler, workers, threads_per_worker, device) as (executor, threads, what):
+        _echo(what)
+        result = run_many(
+            found,
+            model,
+            out_dir,
+            executor=executor,
+            options=options,
+            resume=resume,
+            retries=retries,
+            threads=threads,
+            progress=progress,
+            executor_info=what,
+        )
+    counts = result.summary["counts"]
+    _echo(
+        f"{counts['total']} scene(s) in {result.seconds:.1f} s: {counts['done']} mapped, "
+        f"{counts['skipped']} skipped, {counts['failed']} failed "
+        f"({result.summary['scenes_per_hour']:,.0f} scenes/hour)"
+    )
+    for outcome in result.failed:
+        _echo(f"  {outcome.status} {outcome.id}: {outcome.reason}")
+    for label, path in result.files.items():
+        _echo(f"  {label:<18} {path}")
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def change(
+    before: Annotated[
+        Path, typer.Argument(help="Class map of the earlier date (its grid is used).")
+    ],
+    after: Annotated[
+        Path, typer.Argument(help="Class map of the later date (any grid; warped onto BEFORE's).")
+    ],
+    out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="Output folder.")] = Path("."),
+    name: Annotated[
+        str | None, typer.Option(help="Output name prefix (default: BEFORE_to_AFTER).")
+    ] = None,
+    min_confidence: Annotated[
+        float | None,
+        typer.Option(
+            help="Mask pixels where either map's confidence (0..1) is lower; reads "
+            "X_confidence.tif beside X_classes.tif unless given."
+        ),
+    ] = None,
+    before_confidence: Annotated[
+        Path | None, typer.Option(help="Confidence map of BEFORE (for --min-confidence).")
+    ] = None,
+    after_confidence: Annotated[
+        Path | None, typer.Option(help="Confidence map of AFTER (for --min-confidence).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+) -> None:
+    """Compare two class maps of the same place: transition map and matrix (m², ha)."""
+    from .change import change_maps
+
+    result = change_maps(
+        before,
+        after,
+        out_dir,
+        name=name,
+        min_confidence=min_confidence,
+        before_confidence=before_confidence,
+        after_confidence=after_confidence,
+        overwrite=overwrite,
+    )
+    _echo(result.summary())
+    for label, path in (
+        ("transition map", result.transitions),
+        ("matrix (CSV)", result.matrix_csv),
+        ("matrix (Markdown)", result.matrix_markdown),
+    ):
+        _echo(f"  {label:<18} {path}")

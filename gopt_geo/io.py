@@ -9,9 +9,11 @@ that names the file. Nothing here imports torch, so light commands stay light.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
+import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -182,10 +184,100 @@ def rasterio_reason(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+#: URL scheme -> the GDAL virtual file system that reads it (byte ranges, no download).
+URL_FILESYSTEMS = {
+    "http": "/vsicurl/",
+    "https": "/vsicurl/",
+    "s3": "/vsis3/",
+    "gs": "/vsigs/",
+    "az": "/vsiaz/",
+}
+#: GDAL options for remote rasters: do not list the remote "folder" on open (one request
+#: per file instead of a directory crawl; the sidecars a listing would find are not used).
+REMOTE_GDAL_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+#: Metadata keys of an in-memory VRT document (gopt_geo.inference.sources): the label
+#: that names it in messages and reports, and the stem its outputs are named after.
+VRT_LABEL_KEY = "GOPT_GEO_LABEL"
+VRT_NAME_KEY = "GOPT_GEO_NAME"
+
+
+def is_vrt_document(path: object) -> bool:
+    """True for a VRT given as its XML text: GDAL opens the text itself as a dataset, so a
+    stack of single-band files exists only in memory and travels as a plain string."""
+    return isinstance(path, str) and path.lstrip().startswith("<VRTDataset")
+
+
+def _scheme(text: str) -> str:
+    head, sep, _ = text.partition("://")
+    return head.lower() if sep and head.isalnum() else ""
+
+
+def is_remote(path: object) -> bool:
+    """True when GDAL, not the local file system, resolves ``path``: a URL (``https://``,
+    ``s3://``, ...), a GDAL virtual path (``/vsicurl/``, ``/vsis3/``, ``/vsimem/``, ...) or a
+    VRT document. Only strings can be: a ``Path`` folds the ``//`` of a URL."""
+    if not isinstance(path, str):
+        return False
+    return is_vrt_document(path) or path.startswith("/vsi") or _scheme(path) in URL_FILESYSTEMS
+
+
+def gdal_path(path: str | os.PathLike[str]) -> str | Path:
+    """What to open ``path`` as: a local ``Path`` (``file://`` URLs too), or GDAL's name for
+    anything remote (``https://h/a.tif`` -> ``/vsicurl/https://h/a.tif``, ``s3://b/k`` ->
+    ``/vsis3/b/k``; ``/vsi...`` names and VRT documents unchanged)."""
+    if isinstance(path, str) and _scheme(path) == "file":
+        return Path(path[len("file://") :])
+    if not is_remote(path):
+        return Path(path)
+    text = str(path)
+    scheme = _scheme(text)
+    if scheme in ("http", "https"):
+        return URL_FILESYSTEMS[scheme] + text
+    if scheme:
+        return URL_FILESYSTEMS[scheme] + text.split("://", 1)[1]
+    return text
+
+
+def _vrt_metadata(document: str, key: str) -> str | None:
+    found = re.search(rf'<MDI key="{key}">([^<]*)</MDI>', document)
+    return html.unescape(found.group(1)) if found else None
+
+
+def display_name(path: str | os.PathLike[str]) -> str:
+    """How messages and reports name an input: the path or URL as given; a VRT document by
+    its label (e.g. ``STAC item X (optical: B02, B03)``), never by its XML."""
+    if is_vrt_document(path):
+        return _vrt_metadata(str(path), VRT_LABEL_KEY) or "in-memory VRT"
+    return str(path)
+
+
+def raster_stem(path: str | os.PathLike[str]) -> str:
+    """The name an input's outputs are named after: a file's stem, the last part of a URL
+    without its query (``https://h/a.tif?sig=..`` -> ``a``), a VRT document's name."""
+    if is_vrt_document(path):
+        return _vrt_metadata(str(path), VRT_NAME_KEY) or "vrt"
+    text = str(path)
+    if is_remote(text):
+        text = text.split("?", 1)[0].rstrip("/")
+    return Path(text).stem
+
+
 def open_raster(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
-    """Open a raster, turning rasterio's errors into one line that names the file."""
-    path = Path(path)
-    if not path.exists():
+    """Open a raster, turning rasterio's errors into one line that names the file.
+
+    A local path that does not exist is "file not found"; anything remote (see
+    :func:`is_remote`) is handed to GDAL, which reads it by byte ranges, and a failure
+    names the URL with GDAL's reason (HTTP status, credentials, ...).
+    """
+    if is_remote(path):
+        label = display_name(path)
+        try:
+            with rasterio.Env(**REMOTE_GDAL_OPTIONS):
+                return rasterio.open(gdal_path(path))
+        except rasterio.errors.RasterioIOError as err:
+            raise InputError(f"{label}: cannot open ({rasterio_reason(err)})") from None
+    path = gdal_path(path)
+    if not Path(path).exists():
         raise InputError(f"{path}: file not found")
     try:
         return rasterio.open(path)
@@ -255,9 +347,14 @@ def warp_onto(src: Any, like: Any, resampling: Any, **kwargs: Any) -> WarpedVRT:
 def bounds_in(path: str | os.PathLike[str], crs: CRS | None) -> tuple[float, float, float, float]:
     """The raster's bounds, in ``crs`` when both have a CRS."""
     with open_raster(path) as src:
-        if crs is None or src.crs is None or src.crs == crs:
-            return tuple(src.bounds)  # type: ignore[return-value]
-        return transform_bounds(src.crs, crs, *src.bounds, densify_pts=21)
+        return _bounds_of(src, crs)
+
+
+def _bounds_of(src: Any, crs: CRS | None) -> tuple[float, float, float, float]:
+    """An open raster's bounds, in ``crs`` when both have a CRS."""
+    if crs is None or src.crs is None or src.crs == crs:
+        return tuple(src.bounds)  # type: ignore[return-value]
+    return transform_bounds(src.crs, crs, *src.bounds, densify_pts=21)
 
 
 def _ordered(b: tuple[float, ...]) -> tuple[float, float, float, float]:
@@ -279,23 +376,64 @@ def check_overlap(
     Also refuses mixing a raster without CRS with one that has a CRS: there is no way
     to know where one lies relative to the other.
     """
-    with open_raster(optical) as o, open_raster(other) as s:
+    with open_raster(optical) as o, open_raster(other) as s:  # each opened once
+        optical_name, other_name = display_name(optical), display_name(other)
         if (o.crs is None) != (s.crs is None):
-            missing, has = (optical, other) if o.crs is None else (other, optical)
+            missing, has = (
+                (optical_name, other_name) if o.crs is None else (other_name, optical_name)
+            )
             raise InputError(
                 f"{missing}: raster has no CRS, but {has} has one; cannot place them relative "
                 "to each other (give both a CRS, or neither)"
             )
         ob = _ordered(tuple(o.bounds))
-        sb = _ordered(bounds_in(other, o.crs))
+        sb = _ordered(_bounds_of(s, o.crs))
     if sb[0] >= ob[2] or sb[2] <= ob[0] or sb[1] >= ob[3] or sb[3] <= ob[1]:
-        raise InputError(f"{other}: {role} raster does not overlap the optical raster {optical}")
+        raise InputError(
+            f"{other_name}: {role} raster does not overlap the optical raster {optical_name}"
+        )
     if cover:
         w = min(ob[2], sb[2]) - max(ob[0], sb[0])
         h = min(ob[3], sb[3]) - max(ob[1], sb[1])
         share = (w * h) / ((ob[2] - ob[0]) * (ob[3] - ob[1]))
         if share < 0.999:
             raise InputError(
-                f"{other}: {role} raster covers only {100 * share:.1f}% of the optical raster "
-                f"{optical}; it must cover the whole scene"
+                f"{other_name}: {role} raster covers only {100 * share:.1f}% of the optical "
+                f"raster {optical_name}; it must cover the whole scene"
             )
+
+
+def band_indexes(
+    path: str | os.PathLike[str],
+    src: Any,
+    names: Sequence[str],
+    role: str,
+    indices: Sequence[int] = (),
+) -> list[int]:
+    """The 1-based bands of ``src`` to read as ``names``, in that order.
+
+    When every band of the file carries a description (GDAL band names, as Sentinel-2
+    products and gopt-geo's own files have), the names select and order the bands, and a
+    name the file does not have is an error naming both lists. Without descriptions,
+    ``indices`` (1-based) say which bands to read, or else the first ``len(names)``.
+    """
+    count = data_band_count(src)
+    descriptions = list(src.descriptions[:count])
+    if count and all(descriptions) and len(set(descriptions)) == count:
+        missing = [n for n in names if n not in descriptions]
+        if missing:
+            raise InputError(
+                f"{path}: the {role} bands are named {descriptions} in the file, but the "
+                f"model/config names {list(names)} ({', '.join(missing)} not in the file); "
+                "rename them in the config (or give the file's bands those descriptions)"
+            )
+        return [descriptions.index(n) + 1 for n in names]
+    if indices:
+        if len(indices) != len(names) or max(indices) > count or min(indices) < 1:
+            raise InputError(
+                f"{path}: {role} band indices {list(indices)} do not fit a file with {count} "
+                f"band(s) for the bands {list(names)}"
+            )
+        return list(indices)
+    check_band_count(path, count, names, role, exact=False)
+    return list(range(1, len(names) + 1))

@@ -19,6 +19,7 @@ import csv
 import dataclasses
 import logging
 import math
+import os
 import shutil
 import time
 import warnings
@@ -347,6 +348,17 @@ def _holds_a_run(out: Path) -> list[str]:
     return [name for name in RUN_FILES if (out / name).exists()]
 
 
+def _process_rank(cfg: RunConfig) -> int:
+    """Global rank as the launcher set it (torchrun RANK, Slurm SLURM_PROCID, Lightning's
+    DDP launcher NODE_RANK/LOCAL_RANK; unset in the process that starts the others)."""
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"])
+    if int(env.get("SLURM_NTASKS", "1")) > 1:
+        return int(env.get("SLURM_PROCID", "0"))
+    return int(env.get("NODE_RANK", "0")) * cfg.train.devices + int(env.get("LOCAL_RANK", "0"))
+
+
 def _check_output(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to train into a folder that already holds a run, unless resuming it or
     asked to replace it; decided before anything is read or written."""
@@ -427,7 +439,11 @@ def train(
     out = Path(cfg.output_dir)
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    _check_output(out, resume, overwrite)  # before the data is even read
+    # Under DDP every process runs train(); only the first checks, clears and writes the
+    # run folder (the others start after it wrote config.yaml, which they must not refuse)
+    primary = _process_rank(cfg) == 0
+    if primary:
+        _check_output(out, resume, overwrite)  # before the data is even read
     accelerator = accelerator_for(cfg.train.device)
     scheme = cfg.class_scheme()
     dm = OpticalSarDataModule.from_config(cfg)
@@ -467,13 +483,14 @@ def train(
                 0.0,
                 finished_before=True,
             )
-    elif overwrite:
+    elif overwrite and primary:
         _clear_run(out)
     log(f"model: {model_cfg.variant} on {model_cfg.backbone} ({model_cfg.weights} weights)")
     log(str(report))
 
     ensure_output_dir(out)
-    write_text_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if primary:
+        write_text_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     metadata = {
         "routing": routing.to_dict(),
         "classes": scheme.to_dict(),
@@ -516,7 +533,7 @@ def train(
     trainer.fit(task, datamodule=dm, ckpt_path=str(last) if resume else None)
     seconds = time.perf_counter() - start
     metrics = {k: v.to_dict() for k, v in getattr(task, "last_metrics", {}).items()}
-    if metrics:
+    if metrics and primary:
         write_text_atomic(out / "metrics.json", strict_json(metrics))
     best = (
         Path(trainer.checkpoint_callback.best_model_path) if trainer.checkpoint_callback else None

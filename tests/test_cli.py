@@ -51,6 +51,9 @@ def test_every_command_has_help() -> None:
         "vectorize",
         "info",
         "demo",
+        "init-config",
+        "predict-many",
+        "change",
     ):
         assert command in res.output
         sub = runner.invoke(app, [command, "--help"])

@@ -11,7 +11,7 @@ import pytest
 import rasterio
 import shapely
 from rasterio.crs import CRS
-from rasterio.features import rasterize
+from rasterio.features import rasterize, sieve
 from rasterio.transform import from_origin
 
 from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
@@ -57,6 +57,11 @@ def codes_of(path: Path) -> tuple[np.ndarray, rasterio.Affine]:
         return src.read(1), src.transform
 
 
+def read_layer(path: Path) -> gpd.GeoDataFrame:
+    """The land-cover layer (a GeoPackage also holds QGIS's ``layer_styles`` table)."""
+    return gpd.read_file(path, layer=path.stem) if path.suffix == ".gpkg" else gpd.read_file(path)
+
+
 def rasterize_back(frame: gpd.GeoDataFrame, shape: tuple[int, int], transform) -> np.ndarray:
     return rasterize(
         zip(frame.geometry, frame["code"], strict=True),
@@ -71,7 +76,7 @@ def test_round_trip_across_block_seams(class_map: Path, tmp_path: Path) -> None:
     codes, transform = codes_of(class_map)
     result = vectorize(class_map, tmp_path / "lc.gpkg", block_size=37)  # 9 seams
     assert result.blocks == 9
-    frame = gpd.read_file(result.path)
+    frame = read_layer(result.path)
     assert len(frame) == result.features
     assert frame.crs == CRS.from_epsg(32649)
     back = rasterize_back(frame, codes.shape, transform)
@@ -79,7 +84,7 @@ def test_round_trip_across_block_seams(class_map: Path, tmp_path: Path) -> None:
     assert (back[HOLE] == NODATA).all()
     assert frame.geometry.is_valid.all()
     # Seams leave no trace: the same regions as polygonising the whole map in one block.
-    whole = gpd.read_file(vectorize(class_map, tmp_path / "one.gpkg", block_size=10_000).path)
+    whole = read_layer(vectorize(class_map, tmp_path / "one.gpkg", block_size=10_000).path)
     assert len(frame) == len(whole)
     key = ["code", "area_m2"]
     a = frame.assign(x=frame.geometry.centroid.x).sort_values([*key, "x"]).reset_index(drop=True)
@@ -88,14 +93,18 @@ def test_round_trip_across_block_seams(class_map: Path, tmp_path: Path) -> None:
 
 
 def test_columns_names_and_formats(class_map: Path, tmp_path: Path) -> None:
-    gpkg = gpd.read_file(vectorize(class_map, tmp_path / "lc.gpkg", block_size=64).path)
-    assert list(gpkg.columns) == ["code", "class_name", "area_m2", "geometry"]
+    gpkg = read_layer(vectorize(class_map, tmp_path / "lc.gpkg", block_size=64).path)
+    columns = ["code", "class_name", "area_m2", "scene_id", "adapter_sha", "geometry"]
+    assert list(gpkg.columns) == columns
     expected = {c.code: c.name for c in CLASSES.classes} | {0: "background"}
     assert (gpkg["class_name"] == gpkg["code"].map(expected)).all()  # names from the tags
     assert {"water", "farmland", "road"} <= set(gpkg["class_name"])
+    # a map without gopt-geo's provenance tags: the scene from the file name, no adapter
+    assert (gpkg["scene_id"] == "classes").all() and gpkg["adapter_sha"].isna().all()
     for suffix, reader in ((".parquet", gpd.read_parquet), (".geojson", gpd.read_file)):
         result = vectorize(class_map, tmp_path / f"lc{suffix}", block_size=64)
         other = reader(result.path)
+        assert list(other.columns) == columns
         assert other.crs == gpkg.crs
         assert len(other) == len(gpkg) == result.features
         assert other["area_m2"].sum() == pytest.approx(gpkg["area_m2"].sum())
@@ -103,24 +112,40 @@ def test_columns_names_and_formats(class_map: Path, tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
 
 
-def test_areas_and_min_area(class_map: Path, tmp_path: Path) -> None:
-    codes, _ = codes_of(class_map)
-    full = gpd.read_file(vectorize(class_map, tmp_path / "all.gpkg", block_size=50).path)
+def test_areas_and_sieve_min_area(class_map: Path, tmp_path: Path) -> None:
+    """--min-area merges small regions into their neighbours (block-wise sieve with a
+    halo): no polygon below the area, no hole where a small region was, every mapped
+    pixel still mapped, large regions untouched."""
+    codes, transform = codes_of(class_map)
+    full = read_layer(vectorize(class_map, tmp_path / "all.gpkg", block_size=50).path)
     # 10 m pixels: the areas add up to 100 m² per mapped pixel, class by class.
     for code in np.unique(codes[codes != NODATA]):
         total = full.loc[full["code"] == code, "area_m2"].sum()
         assert total == pytest.approx(100.0 * (codes == code).sum())
+    small = full["area_m2"] < 5_000
+    assert small.sum() > 5  # the map has small regions to merge
     result = vectorize(class_map, tmp_path / "big.gpkg", block_size=50, min_area=5_000)
-    big = gpd.read_file(result.path)
+    big = read_layer(result.path)
+    assert result.sieve_pixels == 50 and result.removed_small == 0
     assert (big["area_m2"] >= 5_000).all()
-    assert len(big) == (full["area_m2"] >= 5_000).sum()
-    assert result.removed_small == (full["area_m2"] < 5_000).sum() > 0
+    back = rasterize_back(big, codes.shape, transform)
+    mapped = codes != NODATA
+    np.testing.assert_array_equal(back != NODATA, mapped)  # no hole, nothing added
+    assert big["area_m2"].sum() == pytest.approx(100.0 * mapped.sum())  # pixels conserved
+    in_large = rasterize(
+        ((g, 1) for g in full.geometry[~small]), out_shape=codes.shape, transform=transform
+    ).astype(bool)
+    np.testing.assert_array_equal(back[in_large], codes[in_large])  # large regions kept
+    assert result.sieved_pixels == int((back != codes)[mapped].sum()) > 0
+    # block-wise (50 rows, seams everywhere) equals GDAL's sieve of the whole map
+    whole = sieve(codes, size=50, mask=mapped, connectivity=4)
+    assert (back[mapped] == whole[mapped]).mean() > 0.999
 
 
 def test_simplify_keeps_a_gapless_coverage(class_map: Path, tmp_path: Path) -> None:
-    plain = gpd.read_file(vectorize(class_map, tmp_path / "plain.gpkg", block_size=50).path)
+    plain = read_layer(vectorize(class_map, tmp_path / "plain.gpkg", block_size=50).path)
     result = vectorize(class_map, tmp_path / "simple.gpkg", block_size=50, simplify=15.0)
-    simple = gpd.read_file(result.path)
+    simple = read_layer(result.path)
     assert len(simple) == len(plain)
     assert shapely.get_num_coordinates(simple.geometry.values).sum() < 0.8 * (
         shapely.get_num_coordinates(plain.geometry.values).sum()
@@ -139,7 +164,7 @@ def test_geographic_class_map_areas_in_square_metres(tmp_path: Path) -> None:
     transform = from_origin(112.0, 30.6, 0.0001, 0.0001)
     grid = Grid(CRS.from_epsg(4326), transform, 150, 120)
     path = write_class_map(tmp_path / "geo.tif", codes, grid)
-    frame = gpd.read_file(vectorize(path, tmp_path / "geo.gpkg", block_size=40).path)
+    frame = read_layer(vectorize(path, tmp_path / "geo.gpkg", block_size=40).path)
     assert frame.crs == CRS.from_epsg(4326)  # polygons stay in the raster's CRS
     assert set(frame["class_name"]) == {"farmland", "water"}
     water = frame.loc[frame["code"] == 40, "area_m2"]

@@ -4,14 +4,19 @@ Modules, bottom up: :mod:`.reader` (windows of a scene, SAR warped on the fly),
 :mod:`.tiling` (window plan, blend weight, streaming row strip; arrays only),
 :mod:`.writers` (strip-by-strip COG writer), :mod:`.vectorize` (class map -> polygons),
 :mod:`.options` (:class:`PredictOptions`), :mod:`.outputs` (the files of one run),
-:mod:`.report` (the run report), :mod:`.predictor` (all of it, for one scene).
+:mod:`.report` (the run report), :mod:`.staging` (committing a run's files as one set),
+:mod:`.sanity` (does a scene look like the training data), :mod:`.predictor` (all of
+it, for one scene), :mod:`.sources` (scenes from paths, URLs, STAC, manifests) and
+:mod:`.many` (many scenes on any executor).
 """
 
+from .many import RunResult, predict_many
 from .options import PredictOptions
 from .outputs import OutputSet
 from .predictor import PredictionResult, Predictor, predict_scene
 from .reader import Grid, SceneReader
 from .report import PredictionStats
+from .sources import Scene, collect_scenes
 from .tiling import WindowPlan, blend_weight, stream_rows
 from .vectorize import VectorResult, vectorize
 
@@ -22,10 +27,14 @@ __all__ = [
     "PredictionResult",
     "PredictionStats",
     "Predictor",
+    "RunResult",
+    "Scene",
     "SceneReader",
     "VectorResult",
     "WindowPlan",
     "blend_weight",
+    "collect_scenes",
+    "predict_many",
     "predict_scene",
     "stream_rows",
     "vectorize",

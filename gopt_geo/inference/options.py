@@ -24,11 +24,14 @@ class PredictOptions:
     """Tiling, outputs and loading of one prediction run.
 
     Tiling: ``window`` (pixels, at least 16), ``overlap`` (fraction of a window, 0 to <1),
-    ``batch_size`` (windows per forward pass). Outputs: ``confidence`` and
-    ``probabilities`` rasters beside the class map; ``vector`` (``gpkg``, ``parquet``,
-    ``geojson``, or None / ``"none"`` for no polygons) with ``min_area`` (m², smaller
-    polygons dropped) and ``simplify`` (tolerance in metres, 0: none); ``overwrite``
-    existing outputs; ``progress`` bar. Loading (used where an adapter file is loaded,
+    ``batch_size`` (windows per forward pass). Outputs: ``confidence``, ``probabilities``
+    and ``uncertainty`` (normalised entropy) rasters beside the class map, with
+    ``uncertainty_threshold`` (0..1) for the report's share of uncertain pixels per class;
+    ``vector`` (``gpkg``, ``parquet``, ``geojson``, or None / ``"none"`` for no polygons)
+    with ``min_area`` (m², smaller regions merged into their neighbours) and ``simplify``
+    (tolerance in metres, 0: none); ``overwrite`` the previous output set; ``progress``
+    bar. Every run also writes a STAC item, QGIS styles, a quicklook and the report.
+    Loading (used where an adapter file is loaded,
     :func:`~gopt_geo.inference.predictor.predict_scene`): ``device`` (auto, cpu, cuda) and
     ``weights`` (a local copy of the adapter's backbone weights). A
     :class:`~gopt_geo.inference.predictor.Predictor` built around a model keeps its device.
@@ -39,6 +42,8 @@ class PredictOptions:
     batch_size: int = 4
     probabilities: bool = False
     confidence: bool = True
+    uncertainty: bool = False
+    uncertainty_threshold: float = 0.5
     vector: str | None = "gpkg"
     min_area: float = 0.0
     simplify: float = 0.0
@@ -60,3 +65,27 @@ class PredictOptions:
             )
         object.__setattr__(self, "vector", vector)  # frozen: normalise once, here
         check_polygon_options(self.min_area, self.simplify)
+        if not 0.0 < self.uncertainty_threshold < 1.0:
+            raise InputError(
+                f"uncertainty threshold must be between 0 and 1, got {self.uncertainty_threshold}"
+            )
+
+    def output_settings(self) -> dict[str, object]:
+        """The options that decide what a run writes, as the run report records them.
+
+        Not ``overwrite``, ``progress``, ``device`` or ``weights``: those say how and
+        where a run goes, not what it makes, so ``predict-many --resume`` may skip a scene
+        mapped with other values of them, and maps it again when any of these differ.
+        """
+        return {
+            "window": self.window,
+            "overlap": self.overlap,
+            "batch_size": self.batch_size,
+            "probabilities": self.probabilities,
+            "confidence": self.confidence,
+            "uncertainty": self.uncertainty,
+            "uncertainty_threshold": self.uncertainty_threshold,
+            "vector": self.vector,
+            "min_area": self.min_area,
+            "simplify": self.simplify,
+        }

@@ -7,13 +7,25 @@ tested and changed alone: :class:`~gopt_geo.inference.reader.SceneReader` reads 
 :func:`~gopt_geo.inference.tiling.stream_rows` blends the model's windows into finished
 rows while holding one strip of rows (memory flat in the scene's height, DESIGN.md §6),
 :class:`~gopt_geo.inference.outputs.OutputSet` writes those rows as COGs,
-:func:`~gopt_geo.inference.vectorize.vectorize` polygonises the class map and
-:mod:`~gopt_geo.inference.report` describes the run. What to do comes in one
+:func:`~gopt_geo.inference.vectorize.write_polygons` polygonises the class map,
+:mod:`~gopt_geo.inference.quicklook` draws it beside the optical image,
+:mod:`~gopt_geo.inference.report` and :mod:`~gopt_geo.inference.stac` describe the run;
+every file stays under a temporary name until the output set commits them all at once
+(:mod:`~gopt_geo.inference.staging`). What to do comes in one
 :class:`~gopt_geo.inference.options.PredictOptions`.
+
+A model that does not read SAR - it ignores the auxiliary input (variant
+``optical_only``, ``static_prompt``), or none of its auxiliary bands is a SAR band -
+predicts without SAR even when its adapter lists SAR bands (its training config had
+them): those bands are fed as their training means, as nodata always is. Any other model
+needs the SAR raster.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
 import time
 from contextlib import closing
 from dataclasses import dataclass
@@ -26,13 +38,21 @@ from tqdm.auto import tqdm
 
 from ..data.bands import BandRouting
 from ..data.classes import ClassScheme
-from ..io import resolve_device, streaming_gdal_env
+from ..errors import InputError
+from ..io import display_name, is_remote, raster_stem, resolve_device, streaming_gdal_env
 from .options import PredictOptions
 from .outputs import OutputSet
+from .quicklook import write_quicklook
 from .reader import SceneReader
-from .report import PredictionStats, build_report, write_report
+from .report import PredictionStats, build_report, render_markdown, report_json
+from .stac import build_item, item_json
+from .staging import pause_point, terminate_as_exit
 from .tiling import WindowPlan, stream_rows
-from .vectorize import VectorResult, vectorize
+from .vectorize import SHORT_HASH, VectorResult, driver_for, write_polygons
+
+#: Model variants whose model ignores the auxiliary input (design §3): they predict
+#: without SAR; the SAR bands are fed as their training means (0 after normalising).
+AUX_FREE_VARIANTS = ("optical_only", "static_prompt")
 
 
 @dataclass
@@ -46,6 +66,9 @@ class PredictionResult:
     confidence: Path | None = None
     probabilities: Path | None = None
     vector: Path | None = None
+    uncertainty: Path | None = None
+    item: Path | None = None  # the STAC item (write_collection links these)
+    quicklook: Path | None = None
 
 
 class Predictor:
@@ -86,6 +109,8 @@ class Predictor:
         model, meta = load_adapter(path, map_location=dev, weights=weights)
         info: dict[str, Any] = {
             "adapter": str(path),
+            # which adapter made a map, whatever its file is called (predict-many's resume)
+            "adapter_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
             "backbone": dict(meta.backbone),
             "config": meta.model.to_dict(),
             "parameters": dict(meta.parameters),
@@ -105,59 +130,155 @@ class Predictor:
         options when None); see the module docstring. ``options.device`` and
         ``options.weights`` are not used: this predictor's model is already loaded."""
         options = options if options is not None else PredictOptions()
-        with streaming_gdal_env():  # memory flat in scene size: GDAL's cache too
-            return self._predict(Path(scene), sar, Path(out_dir), options)
+        scene = scene if is_remote(scene) else Path(scene)  # a Path folds a URL's "//"
+        # memory flat in scene size: GDAL's cache too; SIGTERM cleans up like Ctrl-C
+        with streaming_gdal_env(), terminate_as_exit():
+            return self._predict(scene, sar, Path(out_dir), options)
+
+    @property
+    def variant(self) -> str | None:
+        """The model variant (from the adapter's model config, or the model's own)."""
+        config = self.model_info.get("config") or {}
+        if config.get("variant"):
+            return str(config["variant"])
+        model_config = getattr(self.model, "config", None)
+        return getattr(model_config, "variant", None)
+
+    @property
+    def needs_sar(self) -> bool:
+        """Whether a scene must come with SAR: the model reads the auxiliary input (an
+        ``optical_only`` model does not) and some of its auxiliary bands are SAR bands (an
+        adapter trained with ``data.aux_bands: [NIR]`` still lists the config's SAR bands)."""
+        sar_in_aux = set(self.routing.aux_bands) & set(self.routing.sar_bands)
+        return bool(sar_in_aux) and self.variant not in AUX_FREE_VARIANTS
+
+    def _reader_routing(self, scene: str | Path, sar: str | Path | None) -> tuple[BandRouting, int]:
+        """The routing the reader reads with, and how many SAR bands ``_infer`` must add.
+
+        Without SAR, a model that ignores the auxiliary input gets its SAR bands as NaN,
+        which normalising turns into the training mean (0) like any nodata; any other
+        model with SAR bands needs the SAR raster (one line naming its bands).
+        """
+        routing = self.routing
+        if sar is not None or not routing.sar_bands:
+            return routing, 0
+        if self.needs_sar:
+            raise InputError(
+                f"{display_name(scene)}: the model expects SAR bands "
+                f"({', '.join(routing.sar_bands)}); "
+                "give a SAR raster (--sar)"
+            )
+        optical = dataclasses.replace(
+            routing,
+            sar_bands=(),
+            aux=tuple(b for b in routing.aux_bands if b in routing.optical_bands),
+        )
+        return optical, len(routing.sar_bands)
 
     def _predict(
-        self, scene: Path, sar: str | Path | None, out_dir: Path, options: PredictOptions
+        self, scene: str | Path, sar: str | Path | None, out_dir: Path, options: PredictOptions
     ) -> PredictionResult:
-        outputs = OutputSet(scene, out_dir, self.classes, options)  # refuses to overwrite
+        # outputs are named after the scene's stem: a URL's file name, a VRT document's name
+        named = scene if isinstance(scene, Path) else Path(f"{raster_stem(scene)}.tif")
+        scene_id = named.stem
+        sha = self.model_info.get("adapter_sha256")
+        outputs = OutputSet(  # cleans a killed run's leftovers, refuses to overwrite
+            named, out_dir, self.classes, options, scene_id=scene_id, adapter_sha256=sha
+        )
+        reader_routing, pad_sar = self._reader_routing(scene, sar)
         start = time.perf_counter()
-        with SceneReader(scene, sar, self.routing) as reader:
-            grid = reader.grid
-            plan = WindowPlan.for_grid(grid.height, grid.width, options.window, options.overlap)
-            inputs = reader.describe()
-            with outputs.open(grid):
-                self._map(reader, plan, outputs, options)
-                outputs.finish()
-        seconds_map = time.perf_counter() - start
-        vector_result: VectorResult | None = None
-        if options.vector is not None:
-            vector_result = vectorize(
-                outputs.paths["class_map"],
-                outputs.paths["vector"],
-                min_area=options.min_area,
-                simplify=options.simplify,
-                overwrite=options.overwrite,
+        with outputs:  # every file under a temporary name until the set is committed
+            with SceneReader(scene, sar, reader_routing) as reader:
+                grid = reader.grid
+                plan = WindowPlan.for_grid(grid.height, grid.width, options.window, options.overlap)
+                inputs = reader.describe()
+                outputs.open(grid)
+                self._map(reader, plan, outputs, options, pad_sar)
+            outputs.finish()
+            if pad_sar:
+                inputs["sar"] = None
+                inputs["sar_note"] = (
+                    f"none needed: the model ({self.variant}) ignores auxiliary bands; "
+                    f"{', '.join(self.routing.sar_bands)} fed as their training means"
+                )
+            seconds_map = time.perf_counter() - start
+            vector_result: VectorResult | None = None
+            if options.vector is not None:
+                final = outputs.paths["vector"]
+                vector_result = write_polygons(  # reads the class map before it is committed
+                    outputs.temp("class_map"),
+                    outputs.temp("vector"),
+                    layer=final.stem,
+                    driver=driver_for(final),
+                    min_area=options.min_area,
+                    simplify=options.simplify,
+                    attributes={
+                        "scene_id": scene_id,
+                        "adapter_sha": sha[:SHORT_HASH] if sha else None,
+                    },
+                )
+                vector_result.path = final
+            write_quicklook(
+                scene,
+                outputs.temp("class_map"),
+                outputs.temp("quicklook"),
+                self.routing,
+                self.classes,
+                outputs.nodata,
+                title=f"{scene_id}: land cover ({self.variant or 'model'})",
             )
-        seconds = time.perf_counter() - start
-        class_pixels = outputs.class_pixels
-        stats = PredictionStats(
-            windows=len(plan),
-            seconds=seconds,
-            mpix_per_s=grid.pixels / 1e6 / max(seconds_map, 1e-9),
-            device=str(self.device),
-            pixels=grid.pixels,
-            nodata_pixels=grid.pixels - int(sum(class_pixels.values())),
-            class_pixels=class_pixels,
-            class_area_m2=outputs.class_area_m2,
-            vector_features=vector_result.features if vector_result else None,
-        )
-        report = build_report(
-            inputs=inputs,
-            model_info=self.model_info,
-            routing=self.routing,
-            classes=self.classes,
-            plan=plan,
-            batch_size=options.batch_size,
-            stats=stats,
-            seconds_map=seconds_map,
-            vector=vector_result,
-            class_map_nodata=outputs.nodata,
-            outputs=outputs.paths,
-        )
+            seconds = time.perf_counter() - start
+            class_pixels = outputs.class_pixels
+            stats = PredictionStats(
+                windows=len(plan),
+                seconds=seconds,
+                mpix_per_s=grid.pixels / 1e6 / max(seconds_map, 1e-9),
+                device=str(self.device),
+                pixels=grid.pixels,
+                nodata_pixels=grid.pixels - int(sum(class_pixels.values())),
+                class_pixels=class_pixels,
+                class_area_m2=outputs.class_area_m2,
+                vector_features=vector_result.features if vector_result else None,
+                class_uncertain_pixels=outputs.class_uncertain_pixels,
+                uncertainty_threshold=options.uncertainty_threshold
+                if options.uncertainty
+                else None,
+            )
+            report = build_report(
+                inputs=inputs,
+                model_info=self.model_info,
+                routing=self.routing,
+                classes=self.classes,
+                plan=plan,
+                batch_size=options.batch_size,
+                stats=stats,
+                seconds_map=seconds_map,
+                vector=vector_result,
+                class_map_nodata=outputs.nodata,
+                outputs=outputs.paths,
+            )
+            report["options"] = options.output_settings()  # what predict-many's resume compares
+            outputs.write_text("report_json", report_json(report))
+            outputs.write_text("report_markdown", render_markdown(report))
+            files = {
+                name: (final, outputs.temp(name))
+                for name, final in outputs.paths.items()
+                if name != "item"
+            }
+            item = build_item(
+                scene_id=scene_id,
+                grid=grid,
+                files=files,
+                classes=self.classes,
+                class_map_nodata=outputs.nodata,
+                inputs=inputs,
+                model_info=self.model_info,
+                options=options.output_settings(),
+                input_hrefs={"optical scene": scene, "SAR raster": sar},
+            )
+            outputs.write_text("item", item_json(item))
+            outputs.commit()
         paths = outputs.paths
-        write_report(report, paths["report_json"], paths["report_markdown"])
         return PredictionResult(
             class_map=paths["class_map"],
             report_json=paths["report_json"],
@@ -166,31 +287,46 @@ class Predictor:
             confidence=paths.get("confidence"),
             probabilities=paths.get("probabilities"),
             vector=paths.get("vector"),
+            uncertainty=paths.get("uncertainty"),
+            item=paths["item"],
+            quicklook=paths["quicklook"],
         )
 
     def _map(
-        self, reader: SceneReader, plan: WindowPlan, outputs: OutputSet, options: PredictOptions
+        self,
+        reader: SceneReader,
+        plan: WindowPlan,
+        outputs: OutputSet,
+        options: PredictOptions,
+        pad_sar: int = 0,
     ) -> None:
         """Windows (read ahead) -> model -> blended rows -> outputs, strip by strip."""
         bar = tqdm(total=len(plan), unit="window", desc="predict", disable=not options.progress)
         batches = reader.batches(plan.windows(), options.batch_size)
+        forward = functools.partial(self._infer, pad_sar=pad_sar) if pad_sar else self._infer
         rows = stream_rows(
             plan,
             batches,
-            self._infer,
+            forward,
             self.classes.num_classes,
             self.device,
             on_batch=bar.update,
         )
         # closing: the read in flight ends before the reader's files close, even on error
         with bar, closing(batches), closing(rows):
-            for row0, logits, valid in rows:
+            for i, (row0, logits, valid) in enumerate(rows):
                 outputs.write_rows(row0, logits, valid)
+                if i == 0:
+                    pause_point("windows")  # test hook (staging.py)
 
     @torch.inference_mode()
-    def _infer(self, images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def _infer(self, images: torch.Tensor, valid: torch.Tensor, pad_sar: int = 0) -> torch.Tensor:
         """The model's logits [B, K, h, w] for a batch of windows (the tiling's
-        ``model_forward``); invalid pixels are fed as band means (0 after normalising)."""
+        ``model_forward``); invalid pixels are fed as band means (0 after normalising), and
+        so are ``pad_sar`` SAR bands a model that ignores them was not given."""
+        if pad_sar:
+            b, _, h, w = images.shape
+            images = torch.cat([images, images.new_full((b, pad_sar, h, w), float("nan"))], 1)
         rgb, aux = self.routing.prepare(images)
         rgb = torch.where(valid[:, None], rgb, 0.0)  # also clears NaN, which would spread
         aux = torch.where(valid[:, None], aux, 0.0)

@@ -14,6 +14,17 @@ or the pixel lies outside the SAR footprint; NaN in any band is nodata.
 :meth:`SceneReader.batches` reads batches of windows one ahead on a thread, so that reading
 (and warping) overlaps the model; the tiling (:mod:`gopt_geo.inference.tiling`) consumes
 them without knowing where they came from.
+
+Inputs are anything GDAL opens (:func:`gopt_geo.io.open_raster`): local files and VRTs,
+URLs read by byte ranges (``https://`` through ``/vsicurl/``, ``s3://`` through
+``/vsis3/``), and VRT documents held as a string, which is how a STAC item's single-band
+assets arrive stacked (:mod:`gopt_geo.inference.sources`). Messages and the report name an
+input as given (a VRT document by its label). Values reach the model the same way from
+all of them: a file's stored values go through the adapter's
+:meth:`~gopt_geo.data.bands.BandRouting.to_physical` (its training-time optical
+scale/offset); a STAC asset whose ``raster:bands`` declares a scale/offset is first put
+into that stored convention by the VRT itself (sources.py explains the arithmetic), so the
+adapter's scale is applied exactly once.
 """
 
 from __future__ import annotations
@@ -40,6 +51,9 @@ from ..io import (
     check_band_count,
     check_overlap,
     data_band_count,
+    display_name,
+    gdal_path,
+    is_remote,
     linear_unit_factor,
     open_raster,
     rasterio_reason,
@@ -62,6 +76,12 @@ class Grid:
         return self.width * self.height
 
 
+def _as_input(path: str | Path) -> str | Path:
+    """A local path as a ``Path`` (``file://`` too); a URL or VRT document unchanged (a
+    ``Path`` would fold the ``//`` of a URL)."""
+    return path if is_remote(path) else gdal_path(path)
+
+
 class SceneReader:
     """Reads windows of the stacked optical+SAR image on the optical grid, with a validity mask.
 
@@ -71,8 +91,12 @@ class SceneReader:
     """
 
     def __init__(self, scene: str | Path, sar: str | Path | None, routing: BandRouting) -> None:
-        self.scene_path = Path(scene)
-        self.sar_path = Path(sar) if sar is not None else None
+        # local files as a Path, remote ones (URLs, VRT documents) as given: open_raster
+        # hands those to GDAL; messages and the report name them as display_name says
+        self.scene_path = _as_input(scene)
+        self.sar_path = _as_input(sar) if sar is not None else None
+        self.scene_name = display_name(scene)
+        self.sar_name = display_name(sar) if sar is not None else None
         self.routing = routing
         self._sar_src: rasterio.DatasetReader | None = None
         self._sar: rasterio.DatasetReader | WarpedVRT | None = None
@@ -89,32 +113,32 @@ class SceneReader:
     def _validate_and_open_sar(self) -> None:
         opt = self._opt
         check_band_count(
-            self.scene_path, data_band_count(opt), self.routing.optical_bands, "optical"
+            self.scene_name, data_band_count(opt), self.routing.optical_bands, "optical"
         )
         if not self.routing.sar_bands:
             if self.sar_path is not None:
                 raise InputError(
-                    f"{self.sar_path}: the model was trained without SAR bands; "
+                    f"{self.sar_name}: the model was trained without SAR bands; "
                     "predict without a SAR raster"
                 )
             return
         if self.sar_path is None:
             raise InputError(
-                f"{self.scene_path}: the model expects SAR bands "
+                f"{self.scene_name}: the model expects SAR bands "
                 f"({', '.join(self.routing.sar_bands)}); give a SAR raster"
             )
         # Missing CRS on one side, or no overlap at all: refuse before reading anything.
         check_overlap(self.scene_path, self.sar_path)
         src = open_raster(self.sar_path)
         self._sar_src = src
-        check_band_count(self.sar_path, data_band_count(src), self.routing.sar_bands, "SAR")
+        check_band_count(self.sar_name, data_band_count(src), self.routing.sar_bands, "SAR")
         alpha = alpha_band(src)
         if same_grid(src, opt):
             self._sar, self._sar_alpha = src, alpha
             return
         if opt.crs is None:  # neither has a CRS (check_overlap refused mixed cases)
             raise InputError(
-                f"{self.sar_path}: neither this SAR raster nor {self.scene_path} has a CRS, and "
+                f"{self.sar_name}: neither this SAR raster nor {self.scene_name} has a CRS, and "
                 "their grids differ; give both a CRS (or the same size and transform)"
             )
         add_alpha = src.nodata is None and alpha is None
@@ -126,14 +150,14 @@ class SceneReader:
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """The stacked image and its validity mask for one window of the optical grid."""
         n_opt = len(self.routing.optical_bands)
-        optical = self._read(self._opt, self.scene_path, window, n_opt)
-        valid = self._masks(self._opt, self.scene_path, window, alpha=None, count=0)
+        optical = self._read(self._opt, self.scene_name, window, n_opt)
+        valid = self._masks(self._opt, self.scene_name, window, alpha=None, count=0)
         parts = [optical]
         if self._sar is not None:
             n_sar = len(self.routing.sar_bands)
-            parts.append(self._read(self._sar, self.sar_path, window, n_sar))
+            parts.append(self._read(self._sar, self.sar_name, window, n_sar))
             valid &= self._masks(
-                self._sar, self.sar_path, window, alpha=self._sar_alpha, count=n_sar
+                self._sar, self.sar_name, window, alpha=self._sar_alpha, count=n_sar
             )
         image = np.concatenate(parts, axis=0)
         valid &= np.isfinite(image).all(axis=0)
@@ -169,7 +193,7 @@ class SceneReader:
 
     @staticmethod
     def _read(
-        src: rasterio.DatasetReader | WarpedVRT, path: Path | None, window: Window, count: int
+        src: rasterio.DatasetReader | WarpedVRT, path: str | None, window: Window, count: int
     ) -> np.ndarray:
         try:
             return src.read(indexes=list(range(1, count + 1)), window=window, out_dtype="float32")
@@ -179,7 +203,7 @@ class SceneReader:
     @staticmethod
     def _masks(
         src: rasterio.DatasetReader | WarpedVRT,
-        path: Path | None,
+        path: str | None,
         window: Window,
         *,
         alpha: int | None,
@@ -203,7 +227,7 @@ class SceneReader:
     def describe(self) -> dict[str, object]:
         """Input summary for the run report."""
         info: dict[str, object] = {
-            "scene": str(self.scene_path),
+            "scene": self.scene_name,
             "width": self.grid.width,
             "height": self.grid.height,
             "crs": self.grid.crs.to_string() if self.grid.crs else None,
@@ -213,7 +237,7 @@ class SceneReader:
         }
         if self._sar_src is not None:
             info.update(
-                sar=str(self.sar_path),
+                sar=self.sar_name,
                 sar_crs=self._sar_src.crs.to_string() if self._sar_src.crs else None,
                 sar_size=[self._sar_src.width, self._sar_src.height],
                 sar_bands=list(self.routing.sar_bands),

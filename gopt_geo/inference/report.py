@@ -36,6 +36,9 @@ class PredictionStats:
     class_pixels: dict[int, int]
     class_area_m2: dict[int, float] | None  # None when the scene has no CRS
     vector_features: int | None = None
+    # pixels above the uncertainty threshold per class; None without --uncertainty
+    class_uncertain_pixels: dict[int, int] | None = None
+    uncertainty_threshold: float | None = None
 
 
 def build_report(
@@ -65,7 +68,18 @@ def build_report(
         }
         if stats.class_area_m2 is not None:
             entry["area_ha"] = stats.class_area_m2.get(c.code, 0.0) / 1e4
+        if stats.class_uncertain_pixels is not None:
+            uncertain = stats.class_uncertain_pixels.get(c.code, 0)
+            entry["uncertain_percent"] = 100 * uncertain / n if n else None
         class_rows.append(entry)
+    uncertainty = None
+    if stats.class_uncertain_pixels is not None:
+        uncertainty = {
+            "threshold": stats.uncertainty_threshold,
+            "measure": "entropy of the blended class probabilities / log(number of classes)",
+            "uncertain_pixels": int(sum(stats.class_uncertain_pixels.values())),
+            "uncertain_percent": 100 * sum(stats.class_uncertain_pixels.values()) / valid,
+        }
     return {
         "inputs": dict(inputs),
         "model": {
@@ -95,6 +109,7 @@ def build_report(
         "classes": class_rows,
         "nodata_pixels": stats.nodata_pixels,
         "class_map_nodata": class_map_nodata,
+        "uncertainty": uncertainty,
         "vector": vector.to_dict() if vector else None,
         "outputs": {k: str(v) for k, v in outputs.items()},
     }
@@ -130,23 +145,47 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += _section("Model", model)
     lines += _section("Prediction", report["prediction"])
     lines += _section("Timing", report["timing"])
+    quicklook = report["outputs"].get("quicklook")
+    if quicklook:  # the report sits beside it: a relative link survives moving the folder
+        lines += [f"![quicklook: optical image and class map]({Path(quicklook).name})", ""]
     has_area = any("area_ha" in c for c in report["classes"])
+    uncertainty = report.get("uncertainty")
     lines += ["## Classes", ""]
     header = "| code | class | pixels | % of mapped |" + (" area (ha) |" if has_area else "")
-    lines += [header, "|---:|---|---:|---:|" + ("---:|" if has_area else "")]
+    align = "|---:|---|---:|---:|" + ("---:|" if has_area else "")
+    if uncertainty:
+        header += f" % uncertain (> {uncertainty['threshold']:g}) |"
+        align += "---:|"
+    lines += [header, align]
     for c in report["classes"]:
         row = f"| {c['code']} | {c['name']} | {c['pixels']:,} | {c['percent']:.2f} |"
         if has_area:
             row += f" {c.get('area_ha', 0.0):,.2f} |"
+        if uncertainty:
+            share = c.get("uncertain_percent")
+            row += f" {share:.2f} |" if share is not None else " - |"
         lines.append(row)
     lines += ["", f"Nodata pixels (no prediction): {report['nodata_pixels']:,}", ""]
+    if uncertainty:
+        lines += [
+            f"Uncertainty ({uncertainty['measure']}) above {uncertainty['threshold']:g}: "
+            f"{uncertainty['uncertain_percent']:.2f}% of the mapped pixels.",
+            "",
+        ]
     if report.get("vector"):
         v = report["vector"]
+        sieve = ""
+        if v.get("sieve_pixels", 0) > 1:
+            sieve = (
+                f" Regions under {v['sieve_pixels']:,} pixels were merged into their "
+                f"neighbours ({v.get('sieved_pixels', 0):,} pixels);"
+            )
         lines += [
             "## Vector",
             "",
-            f"{v['features']:,} polygons ({v['driver']}), {v['removed_small']:,} removed "
-            f"below the minimum area, {v['blocks']} block(s), {v['seconds']:.1f} s.",
+            f"{v['features']:,} polygons ({v['driver']}), {v['blocks']} block(s), "
+            f"{v['seconds']:.1f} s.{sieve} {v['removed_small']:,} isolated region(s) below "
+            "the minimum area dropped.",
             "",
         ]
     lines += ["## Outputs", ""]
@@ -154,7 +193,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report_json(report: dict[str, Any]) -> str:
+    """The report as JSON text."""
+    return json.dumps(report, indent=2, default=str) + "\n"
+
+
 def write_report(report: dict[str, Any], json_path: Path, markdown_path: Path) -> None:
-    """Write the report as JSON and Markdown, each under a temporary name first."""
-    write_text_atomic(json_path, json.dumps(report, indent=2, default=str) + "\n")
+    """Write the report as JSON and Markdown, each under a temporary name first (alone;
+    a prediction writes them into its output set, which commits them last)."""
+    write_text_atomic(json_path, report_json(report))
     write_text_atomic(markdown_path, render_markdown(report))

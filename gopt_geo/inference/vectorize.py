@@ -7,14 +7,25 @@ the same-class polygons of the next block that touch that seam; everything else 
 final and written straight away. Memory is bounded by the block size plus the polygons
 that cross the current seam, not by the scene.
 
-Each feature is one 4-connected region of one class, with its code, class name and area
+Each feature is one 4-connected region of one class, with its code, class name, area
 in m² (projected CRS: planar area in metres; geographic CRS: area in the equal-area
-EPSG:6933; no CRS: area in the raster's own units). Optional: a minimum area (smaller
-polygons are dropped) and topology-preserving simplification with
-``shapely.coverage_simplify``, which simplifies each edge shared by two polygons once, so
-neighbours keep a common border without gaps or overlaps. The outer boundary of each
-written batch is left as it is (``simplify_boundary=False``): those are exactly the edges
-shared with polygons of other batches, so batches fit together too.
+EPSG:6933; no CRS: area in the raster's own units), the scene id and the short sha256 of
+the adapter that made the map (from the class map's tags), so that polygons of many
+scenes can be merged and still traced to their scene and model.
+
+Optional: a minimum area and topology-preserving simplification. Regions smaller than
+the minimum area are merged into their largest neighbour before polygonising (GDAL's
+sieve filter), not dropped, so no hole is left where they were. The sieve runs on each
+block of rows with a halo of as many rows above and below as the threshold has pixels:
+a region smaller than the threshold is never taller than that, so every region that
+touches the block is seen either whole or as at least the threshold (the halo is capped
+at :data:`SIEVE_MAX_HALO` rows, which only matters for thresholds above that many pixels).
+Small regions with no mapped neighbour (islands in nodata) cannot be merged and are
+dropped. Simplification uses ``shapely.coverage_simplify``, which simplifies each edge
+shared by two polygons once, so neighbours keep a common border without gaps or
+overlaps. The outer boundary of each written batch is left as it is
+(``simplify_boundary=False``): those are exactly the edges shared with polygons of other
+batches, so batches fit together too.
 """
 
 from __future__ import annotations
@@ -35,13 +46,13 @@ import pyogrio
 import rasterio
 import shapely
 from rasterio.crs import CRS
-from rasterio.features import shapes
+from rasterio.features import shapes, sieve
 from rasterio.transform import Affine
 from rasterio.windows import Window
 from shapely.errors import GEOSException
 from shapely.geometry import shape
 
-from ..data.classes import names_from_tags
+from ..data.classes import names_from_tags, scheme_from_tags
 from ..errors import InputError
 from ..io import (
     atomic_path,
@@ -53,6 +64,9 @@ from ..io import (
     streaming_gdal_env,
 )
 from .reader import pixel_size_m
+from .staging import pause_point
+from .styles import add_gpkg_style, categorized_qml
+from .writers import ADAPTER_TAG, SCENE_TAG
 
 #: File suffix -> output driver.
 DRIVERS = {
@@ -66,6 +80,12 @@ DRIVERS = {
 EQUAL_AREA_CRS = "EPSG:6933"
 #: Raster types rasterio.features.shapes accepts.
 _SHAPES_DTYPES = {"uint8", "int8", "uint16", "int16", "int32", "uint32"}
+#: Raster types GDAL's sieve filter accepts (others are polygonised without a sieve).
+_SIEVE_DTYPES = {"uint8", "uint16", "int16", "int32"}
+#: Largest halo (rows) of the block-wise sieve: bounds memory for huge minimum areas.
+SIEVE_MAX_HALO = 4096
+#: Characters of the adapter's sha256 each polygon carries.
+SHORT_HASH = 12
 
 
 @dataclass
@@ -75,10 +95,12 @@ class VectorResult:
     path: Path
     driver: str
     features: int
-    removed_small: int
+    removed_small: int  # regions still below the minimum area after the sieve (islands)
     blocks: int
     seconds: float
     class_area_m2: dict[int, float]
+    sieved_pixels: int = 0  # pixels of small regions merged into their neighbours
+    sieve_pixels: int = 0  # the sieve threshold: regions with fewer pixels were merged
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -123,6 +145,7 @@ class _Sink:
     """
 
     def __init__(self, tmp: Path, layer: str, driver: str, crs: CRS | None) -> None:
+        """``tmp``: the file to write; ``layer``: its layer name (GeoPackage)."""
         self.driver = driver
         self.crs = crs
         self.tmp = tmp
@@ -136,6 +159,8 @@ class _Sink:
                 ("code", pa.int32()),
                 ("class_name", pa.string()),
                 ("area_m2", pa.float64()),
+                ("scene_id", pa.string()),
+                ("adapter_sha", pa.string()),
                 ("geometry", pa.binary()),
             ]
         )
@@ -150,6 +175,8 @@ class _Sink:
                         "code": pa.array(frame["code"].to_numpy(), pa.int32()),
                         "class_name": pa.array(frame["class_name"].tolist(), pa.string()),
                         "area_m2": pa.array(frame["area_m2"].to_numpy(), pa.float64()),
+                        "scene_id": pa.array(frame["scene_id"].tolist(), pa.string()),
+                        "adapter_sha": pa.array(frame["adapter_sha"].tolist(), pa.string()),
                         "geometry": pa.array(shapely.to_wkb(frame.geometry.values), pa.binary()),
                     },
                     schema=self._schema,
@@ -258,25 +285,58 @@ def _to_map(geoms: np.ndarray, transform: Affine) -> np.ndarray:
     return shapely.transform(geoms, apply)
 
 
+def sieve_threshold(min_area: float, crs: CRS | None, transform: Affine, height: int) -> int:
+    """Pixels a region needs to reach ``min_area`` m² (map units² without a CRS); 0: none."""
+    if min_area <= 0:
+        return 0
+    pixel_area = pixel_size_m(crs, transform, height) ** 2
+    return max(1, int(np.ceil(min_area / pixel_area - 1e-9)))
+
+
+def _read_block(
+    src: rasterio.DatasetReader, class_map: Path, row0: int, row1: int, halo: int, size: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Codes and validity of rows ``row0:row1``, sieved (regions below ``size`` pixels
+    merged into their largest neighbour) with ``halo`` rows of context on each side;
+    also the number of pixels the sieve changed."""
+    top, bottom = max(0, row0 - halo), min(src.height, row1 + halo)
+    window = Window(0, top, src.width, bottom - top)
+    try:
+        data = src.read(1, window=window)
+        valid = src.read_masks(1, window=window) > 0
+    except rasterio.errors.RasterioError as err:
+        raise InputError(f"{class_map}: cannot read pixels ({rasterio_reason(err)})") from None
+    core = slice(row0 - top, row1 - top)
+    if size <= 1 or not valid.any():
+        return data[core], valid[core], 0
+    sieved = sieve(data, size=size, mask=valid, connectivity=4)
+    changed = int(((sieved != data) & valid)[core].sum())
+    return sieved[core], valid[core], changed
+
+
 def _final_polygons(
-    src: rasterio.DatasetReader, class_map: Path, block_size: int
+    src: rasterio.DatasetReader,
+    class_map: Path,
+    block_size: int,
+    sieve_size: int = 0,
+    counts: dict[str, int] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Final polygons (pixel coordinates) and codes, one batch per block of rows.
 
     Polygons that touch the seam with the next block are held back and merged with that
     block's same-class polygons along the seam, so each batch holds complete regions.
+    With ``sieve_size`` each block is sieved first (module docstring); ``counts`` gets
+    the number of pixels the sieve changed (``sieved``).
     """
-    height, width = src.height, src.width
+    height = src.height
+    halo = min(sieve_size, SIEVE_MAX_HALO) if sieve_size > 1 else 0
     pending_g = np.empty(0, dtype=object)
     pending_c = np.empty(0, dtype=np.int64)
     for row0 in range(0, height, block_size):
         row1 = min(height, row0 + block_size)
-        window = Window(0, row0, width, row1 - row0)
-        try:
-            data = src.read(1, window=window)
-            valid = src.read_masks(1, window=window) > 0
-        except rasterio.errors.RasterioError as err:
-            raise InputError(f"{class_map}: cannot read pixels ({rasterio_reason(err)})") from None
+        data, valid, changed = _read_block(src, class_map, row0, row1, halo, sieve_size)
+        if counts is not None:
+            counts["sieved"] = counts.get("sieved", 0) + changed
         geoms, codes = _block_polygons(data, valid, row0)
         top = shapely.bounds(geoms)[:, 1] == row0 if len(geoms) else np.zeros(0, bool)
         if row0 == 0:
@@ -302,16 +362,50 @@ def vectorize(
     simplify: float = 0.0,
     block_size: int = 2048,
     overwrite: bool = False,
+    attributes: dict[str, str | None] | None = None,
 ) -> VectorResult:
     """Polygonise a class map into ``out_path`` (.gpkg, .parquet or .geojson).
 
-    ``min_area`` (m²) drops smaller polygons; ``simplify`` is the simplification
-    tolerance in metres (map units for a map without CRS); ``block_size`` is the number
-    of rows polygonised at a time.
+    ``min_area`` (m²): smaller regions are merged into their neighbours (module
+    docstring); ``simplify`` is the simplification tolerance in metres (map units for a
+    map without CRS); ``block_size`` is the number of rows polygonised at a time;
+    ``attributes`` (``scene_id``, ``adapter_sha``) replace those read from the map's tags.
+    The file is written under a temporary name and renamed when complete.
     """
     class_map, out_path = Path(class_map), Path(out_path)
     driver = driver_for(out_path)
     check_writable([out_path], overwrite)
+    check_polygon_options(min_area, simplify)
+    ensure_output_dir(out_path.parent)
+    with atomic_path(out_path) as tmp:
+        result = write_polygons(
+            class_map,
+            tmp,
+            layer=out_path.stem,
+            driver=driver,
+            min_area=min_area,
+            simplify=simplify,
+            block_size=block_size,
+            attributes=attributes,
+        )
+    result.path = out_path
+    return result
+
+
+def write_polygons(
+    class_map: Path,
+    target: Path,
+    *,
+    layer: str,
+    driver: str,
+    min_area: float = 0.0,
+    simplify: float = 0.0,
+    block_size: int = 2048,
+    attributes: dict[str, str | None] | None = None,
+) -> VectorResult:
+    """:func:`vectorize` into ``target``, a temporary file the caller renames (or commits
+    with an output set, design §10); ``layer`` is the final layer name. A GeoPackage also
+    gets a default QGIS style (colours and names from the map)."""
     check_polygon_options(min_area, simplify)
     if block_size < 1:
         raise InputError(f"block size must be at least 1 row, got {block_size}")
@@ -321,43 +415,84 @@ def vectorize(
             raise InputError(
                 f"{class_map}: not a class map (band 1 is {src.dtypes[0]}; expected integer codes)"
             )
-        names = names_from_tags(src.tags(), src.tags(1))
+        tags = src.tags()
+        names = names_from_tags(tags, src.tags(1))
+        fields = _attributes(class_map, tags, attributes)
         height, transform, crs = src.height, src.transform, src.crs
         tolerance_px = simplify / pixel_size_m(crs, transform, height) if simplify > 0 else 0.0
+        size = sieve_threshold(min_area, crs, transform, height)
+        if src.dtypes[0] not in _SIEVE_DTYPES:
+            size = 0  # GDAL cannot sieve it: small regions are dropped instead
         areas = _Areas(crs)
-        ensure_output_dir(out_path.parent)
         area_by_code: dict[int, float] = {}
+        counts: dict[str, int] = {}
         removed = 0
         blocks = 0
-        with atomic_path(out_path) as tmp:
-            sink = _Sink(tmp, out_path.stem, driver, crs)
-            try:
-                for geoms, codes in _final_polygons(src, class_map, block_size):
-                    blocks += 1
-                    removed += _write_batch(
-                        sink,
-                        geoms,
-                        codes,
-                        transform,
-                        names,
-                        areas,
-                        tolerance_px,
-                        min_area,
-                        area_by_code,
-                    )
-                sink.close()
-            except BaseException:
-                sink.abort()
-                raise
+        sink = _Sink(target, layer, driver, crs)
+        try:
+            for geoms, codes in _final_polygons(src, class_map, block_size, size, counts):
+                blocks += 1
+                removed += _write_batch(
+                    sink,
+                    geoms,
+                    codes,
+                    transform,
+                    names,
+                    areas,
+                    tolerance_px,
+                    min_area,
+                    area_by_code,
+                    fields,
+                )
+                if blocks == 1:
+                    pause_point("vectorize")
+            sink.close()
+        except BaseException:
+            sink.abort()
+            raise
+        if driver == "GPKG":
+            entries = _style_entries(src, tags, names)
+            if entries:
+                add_gpkg_style(target, layer, categorized_qml(entries))
     return VectorResult(
-        path=out_path,
+        path=target,
         driver=driver,
         features=sink.count,
         removed_small=removed,
         blocks=blocks,
         seconds=time.perf_counter() - start,
         class_area_m2=area_by_code,
+        sieved_pixels=counts.get("sieved", 0),
+        sieve_pixels=size,
     )
+
+
+def _attributes(
+    class_map: Path, tags: dict[str, str], given: dict[str, str | None] | None
+) -> dict[str, str | None]:
+    """Scene id and short adapter hash for every polygon: given, else the map's tags
+    (gopt-geo writes them), else the file name (``X_classes.tif`` -> ``X``) and none."""
+    sha = tags.get(ADAPTER_TAG)
+    fields: dict[str, str | None] = {
+        "scene_id": tags.get(SCENE_TAG) or class_map.stem.removesuffix("_classes"),
+        "adapter_sha": sha[:SHORT_HASH] if sha else None,
+    }
+    fields.update(given or {})
+    return fields
+
+
+def _style_entries(
+    src: rasterio.DatasetReader, tags: dict[str, str], names: dict[int, str]
+) -> list[tuple[int, str, tuple[int, ...]]]:
+    """(code, name, colour) of the map's classes: its scheme, else names + colour table."""
+    scheme = scheme_from_tags(tags)
+    if scheme is not None:
+        return [(c.code, c.name, c.color) for c in scheme.classes]
+    try:
+        cmap = src.colormap(1)
+    except ValueError:  # no colour table
+        return []
+    return [(code, name, tuple(cmap[code][:3])) for code, name in names.items() if code in cmap]
 
 
 def _write_batch(
@@ -370,21 +505,34 @@ def _write_batch(
     tolerance_px: float,
     min_area: float,
     area_by_code: dict[int, float],
+    fields: dict[str, str | None] | None = None,
 ) -> int:
-    """Simplify, georeference, measure, filter and write final polygons; returns # dropped."""
+    """Measure, filter, simplify, georeference and write final polygons; returns # dropped.
+
+    The minimum area is checked on the pixel polygons (exact pixel areas, which the sieve
+    counted), the reported area is that of the written (simplified) polygon.
+    """
+    if min_area > 0 and len(geoms):
+        keep = areas(_to_map(geoms, transform)) >= min_area
+        geoms, codes = geoms[keep], codes[keep]
+        dropped = int((~keep).sum())
+    else:
+        dropped = 0
     world = _to_map(_simplify(geoms, tolerance_px), transform) if len(geoms) else geoms
     area = areas(world) if len(world) else np.zeros(0)
-    keep = area >= min_area if min_area > 0 else np.ones(len(world), dtype=bool)
-    class_names = np.array([names.get(int(c), str(int(c))) for c in codes[keep]], dtype=object)
+    class_names = np.array([names.get(int(c), str(int(c))) for c in codes], dtype=object)
+    fields = fields or {"scene_id": None, "adapter_sha": None}
     frame = gpd.GeoDataFrame(
         {  # explicit types: an empty first batch must still create the right fields
-            "code": codes[keep].astype(np.int32),
+            "code": codes.astype(np.int32),
             "class_name": class_names,
-            "area_m2": area[keep].astype(np.float64),
+            "area_m2": area.astype(np.float64),
+            "scene_id": np.array([fields.get("scene_id")] * len(codes), dtype=object),
+            "adapter_sha": np.array([fields.get("adapter_sha")] * len(codes), dtype=object),
         },
-        geometry=gpd.GeoSeries(world[keep], crs=areas.crs),
+        geometry=gpd.GeoSeries(world, crs=areas.crs),
     )
-    for code, a in zip(codes[keep], area[keep], strict=True):
+    for code, a in zip(codes, area, strict=True):
         area_by_code[int(code)] = area_by_code.get(int(code), 0.0) + float(a)
     sink.write(frame)
-    return int((~keep).sum())
+    return dropped

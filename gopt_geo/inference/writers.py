@@ -4,8 +4,9 @@ Prediction produces rows of the output from top to bottom and never holds the wh
 map. :class:`StripRasterWriter` buffers those rows until a full row of tiles is ready,
 writes it to a temporary tiled GeoTIFF, and on :meth:`~StripRasterWriter.finish` copies
 that file to COG layout (GDAL's COG driver: tiles, DEFLATE, internal overviews) under a
-second temporary name, which is renamed to the final name only when complete. A failed
-or interrupted run therefore never leaves a file that looks finished.
+second temporary name, which is renamed to the final name only when complete (or left
+for an output set to commit with its other files, :mod:`~gopt_geo.inference.staging`). A
+failed or interrupted run therefore never leaves a file that looks finished.
 
 The class map carries what a GIS or a notebook needs to read it without gopt-geo: the
 nodata value, a colour table keyed by class code, the class names and codes as tags
@@ -32,6 +33,9 @@ from .reader import Grid
 CLASS_MAP_NODATA = 255
 #: Tile size of every raster output.
 BLOCK_SIZE = 512
+#: Class map tags that trace it (and the polygons made from it) to its scene and model.
+SCENE_TAG = "GOPT_GEO_SCENE_ID"
+ADAPTER_TAG = "GOPT_GEO_ADAPTER_SHA256"
 
 
 def class_map_nodata(classes: ClassScheme) -> int:
@@ -127,8 +131,14 @@ class StripRasterWriter:
         band_tags: dict[int, dict[str, str]] | None = None,
         descriptions: list[str] | None = None,
         scales: list[float] | None = None,
+        target: Path | None = None,
     ) -> Path:
-        """Write metadata, convert to COG and move into place; returns the final path."""
+        """Write metadata and convert to COG; returns where the COG is.
+
+        Alone, the COG is renamed into place at :attr:`path`. With ``target`` (a temporary
+        name an output set owns, design §10) it is written there and left for the set to
+        commit with its other files; the caller removes it on failure.
+        """
         self._flush()
         if self.rows_done != self.grid.height:
             raise RuntimeError(f"{self.path}: {self.rows_done} of {self.grid.height} rows written")
@@ -143,19 +153,25 @@ class StripRasterWriter:
             dst.scales = tuple(scales)
             dst.offsets = tuple(0.0 for _ in scales)
         dst.close()
-        with atomic_path(self.path) as cog_tmp:
-            rasterio.shutil.copy(
-                self._tmp,
-                cog_tmp,
-                driver="COG",
-                COMPRESS="DEFLATE",
-                BLOCKSIZE=str(self.block_size),
-                OVERVIEWS="AUTO",
-                OVERVIEW_RESAMPLING=self.overview_resampling,
-                BIGTIFF="IF_SAFER",
-            )
+        if target is not None:
+            self._copy_cog(target)
+        else:
+            with atomic_path(self.path) as cog_tmp:
+                self._copy_cog(cog_tmp)
         remove_quietly(self._tmp)
-        return self.path
+        return self.path if target is None else target
+
+    def _copy_cog(self, out: Path) -> None:
+        rasterio.shutil.copy(
+            self._tmp,
+            out,
+            driver="COG",
+            COMPRESS="DEFLATE",
+            BLOCKSIZE=str(self.block_size),
+            OVERVIEWS="AUTO",
+            OVERVIEW_RESAMPLING=self.overview_resampling,
+            BIGTIFF="IF_SAFER",
+        )
 
     def abort(self) -> None:
         """Close and delete the temporary file (after an error or an interruption)."""
@@ -164,25 +180,34 @@ class StripRasterWriter:
         remove_quietly(self._tmp)
 
 
-def class_map_metadata(classes: ClassScheme, nodata: int) -> dict[str, object]:
-    """Tags, band tags and description that make a class map self-describing."""
+def class_map_metadata(
+    classes: ClassScheme,
+    nodata: int,
+    scene_id: str | None = None,
+    adapter_sha256: str | None = None,
+) -> dict[str, object]:
+    """Tags, band tags and description that make a class map self-describing (and, given
+    them, traceable to its scene and adapter)."""
     scheme = classes.to_dict() | {"nodata": nodata}
+    provenance = {SCENE_TAG: scene_id, ADAPTER_TAG: adapter_sha256}
     return {
         "tags": {
             CLASSES_TAG: json.dumps(scheme),
             "CLASS_CODES": ",".join(str(c) for c in classes.codes),
             "CLASS_NAMES": json.dumps(classes.names),
+            **{k: v for k, v in provenance.items() if v},
         },
         "band_tags": {1: {f"CLASS_{c.code}": c.name for c in classes.classes}},
         "descriptions": ["land cover class"],
     }
 
 
-def write_rat_sidecar(path: Path, classes: ClassScheme) -> Path:
-    """A GDAL PAM ``.aux.xml`` with a thematic raster attribute table (value, name, colour).
+def rat_xml(rows: list[tuple[int, str, tuple[int, int, int]]]) -> str:
+    """A GDAL PAM ``.aux.xml`` document with a thematic raster attribute table: one row
+    (value, name, red, green, blue) per class.
 
     GeoTIFF cannot hold a raster attribute table itself; GDAL keeps it in this sidecar
-    and QGIS uses it to label the classes. Written under a temporary name, then renamed.
+    and QGIS uses it to label the classes.
     """
     fields = [("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8)]
     lines = [
@@ -195,9 +220,19 @@ def write_rat_sidecar(path: Path, classes: ClassScheme) -> Path:
             f'      <FieldDefn index="{i}"><Name>{name}</Name><Type>{ftype}</Type>'
             f"<Usage>{usage}</Usage></FieldDefn>"
         )
-    for row, c in enumerate(classes.classes):
-        values = [str(c.code), escape(c.name), *(str(v) for v in c.color)]
+    for row, (value, label, color) in enumerate(rows):
+        values = [str(value), escape(label), *(str(v) for v in color)]
         cells = "".join(f"<F>{v}</F>" for v in values)
         lines.append(f'      <Row index="{row}">{cells}</Row>')
     lines += ["    </GDALRasterAttributeTable>", "  </PAMRasterBand>", "</PAMDataset>", ""]
-    return write_text_atomic(Path(f"{path}.aux.xml"), "\n".join(lines))
+    return "\n".join(lines)
+
+
+def class_rat_xml(classes: ClassScheme) -> str:
+    """The raster attribute table of a class map (code, name, colour per class)."""
+    return rat_xml([(c.code, c.name, c.color) for c in classes.classes])
+
+
+def write_rat_sidecar(path: Path, classes: ClassScheme) -> Path:
+    """Write :func:`class_rat_xml` as ``<path>.aux.xml``, under a temporary name first."""
+    return write_text_atomic(Path(f"{path}.aux.xml"), class_rat_xml(classes))
