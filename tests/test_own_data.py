@@ -240,3 +240,51 @@ def test_row_split_patches_read_the_files_pixels(tmp_path: Path) -> None:
             valid = np.isfinite(got)
             np.testing.assert_array_equal(got[valid], expected[valid])
             assert 0.25 * 160 <= row  # the test band is on top now
+
+
+def test_predict_refuses_inputs_in_other_units(water_land: Path, tmp_path: Path) -> None:
+    """A scene in 0-1 reflectance, or SAR in linear power, given to a model trained on
+    digital numbers and dB: refused with what was expected and found, nothing written."""
+    result = train(tiny_config(water_land, tmp_path / "run", *WATER_LAND), **QUIET)
+    predictor = Predictor.from_adapter(result.adapter, device="cpu")
+    scene, sar = water_land / "optical" / "s2.tif", water_land / "sar" / "s2.tif"
+    with rasterio.open(scene) as src:
+        refl = (src.read() / 10000.0).astype(np.float32)
+        t = src.transform
+    float_scene = write_raster(
+        tmp_path / "float.tif", refl, transform=t, descriptions=("B", "G", "R", "NIR")
+    )
+    with pytest.raises(InputError, match=r"float.tif: optical values are about .*x those"):
+        predictor.predict(float_scene, sar, tmp_path / "out", PredictOptions(**FAST))
+    with rasterio.open(sar) as src:
+        linear = np.where(src.read() == src.nodata, src.nodata, 10 ** (src.read() / 10))
+        profile = src.profile
+    linear_sar = tmp_path / "linear.tif"
+    with rasterio.open(linear_sar, "w", **profile) as dst:
+        dst.write(linear.astype(np.float32))
+    with pytest.raises(InputError, match=r"linear.tif: SAR band VV .*convert it to db"):
+        predictor.predict(scene, linear_sar, tmp_path / "out", PredictOptions(**FAST))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_an_all_nodata_scene_warns_and_maps_nothing(water_land: Path, tmp_path: Path) -> None:
+    result = train(tiny_config(water_land, tmp_path / "run", *WATER_LAND), **QUIET)
+    predictor = Predictor.from_adapter(result.adapter, device="cpu")
+    with rasterio.open(water_land / "optical" / "s2.tif") as src:
+        empty = np.zeros((4, src.height, src.width), np.uint16)
+        t = src.transform
+    scene = write_raster(tmp_path / "empty.tif", empty, transform=t, nodata=0)
+    with pytest.warns(UserWarning, match="no valid optical pixel"):
+        out = predictor.predict(
+            scene,
+            water_land / "sar" / "s2.tif",
+            tmp_path / "out",
+            PredictOptions(**FAST, vector=None),
+        )
+    with rasterio.open(out.class_map) as src:
+        assert (src.read(1) == src.nodata).all()
+
+
+def test_too_much_overlap_is_refused() -> None:
+    with pytest.raises(InputError, match=r"overlap 0.9 runs the model 101x .*at most 16x"):
+        PredictOptions(window=512, overlap=0.9)

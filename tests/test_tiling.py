@@ -78,7 +78,7 @@ def run(
         (130, 170, 32, 0.5),  # edge windows shifted inside
         (130, 170, 48, 0.25),
         (100, 100, 32, 0.0),  # no overlap, not a multiple of the window
-        (97, 61, 16, 0.9),  # stride 2: many windows over each pixel
+        (97, 61, 16, 0.75),  # stride 4: 16 windows over each pixel (the most allowed)
         (40, 50, 64, 0.25),  # smaller than a window: padded (reflect) and cropped back
         (10, 40, 32, 0.25),  # padded by more than the grid's height: replicate
     ],

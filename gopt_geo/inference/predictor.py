@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import hashlib
 import time
+import warnings
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,18 +37,27 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..adapter import read_adapter_metadata
 from ..data.bands import BandRouting
 from ..data.classes import ClassScheme
 from ..errors import InputError
-from ..io import display_name, is_remote, raster_stem, resolve_device, streaming_gdal_env
+from ..io import (
+    display_name,
+    is_remote,
+    open_raster,
+    raster_stem,
+    resolve_device,
+    streaming_gdal_env,
+)
 from .options import PredictOptions
 from .outputs import OutputSet
 from .quicklook import write_quicklook
 from .reader import SceneReader
 from .report import PredictionStats, build_report, render_markdown, report_json
+from .sanity import check_inputs
 from .stac import build_item, item_json
 from .staging import pause_point, terminate_as_exit
-from .tiling import WindowPlan, stream_rows
+from .tiling import ROW_CHUNK, WindowPlan, stream_rows
 from .vectorize import SHORT_HASH, VectorResult, driver_for, write_polygons
 
 #: Model variants whose model ignores the auxiliary input (design §3): they predict
@@ -186,6 +196,7 @@ class Predictor:
             named, out_dir, self.classes, options, scene_id=scene_id, adapter_sha256=sha
         )
         reader_routing, pad_sar = self._reader_routing(scene, sar)
+        check_inputs(scene, sar if not pad_sar else None, reader_routing)  # units, scaling
         start = time.perf_counter()
         with outputs:  # every file under a temporary name until the set is committed
             with SceneReader(scene, sar, reader_routing) as reader:
@@ -301,6 +312,22 @@ class Predictor:
         pad_sar: int = 0,
     ) -> None:
         """Windows (read ahead) -> model -> blended rows -> outputs, strip by strip."""
+        if not reader.any_valid():
+            warnings.warn(
+                f"{reader.scene_name}: the scene has no valid optical pixel (all nodata); "
+                "its outputs are nodata everywhere and the model was not run",
+                UserWarning,
+                stacklevel=2,
+            )
+            grid, k = reader.grid, self.classes.num_classes
+            for row0 in range(0, grid.height, ROW_CHUNK):
+                n = min(ROW_CHUNK, grid.height - row0)
+                outputs.write_rows(
+                    row0,
+                    torch.zeros(k, n, grid.width),
+                    torch.zeros(n, grid.width, dtype=torch.bool),
+                )
+            return
         bar = tqdm(total=len(plan), unit="window", desc="predict", disable=not options.progress)
         batches = reader.batches(plan.windows(), options.batch_size)
         forward = functools.partial(self._infer, pad_sar=pad_sar) if pad_sar else self._infer
@@ -351,5 +378,11 @@ def predict_scene(
     ``options.weights``) and map ``scene`` with it."""
     options = options if options is not None else PredictOptions()
     weights = str(options.weights) if options.weights is not None else None
+    # inputs first (seconds), the model after: a missing or unreadable file, or an adapter
+    # that is not one, fails before torch and the backbone are loaded
+    read_adapter_metadata(model)
+    for path in (scene, sar):
+        if path is not None:
+            open_raster(path if is_remote(path) else Path(path)).close()
     predictor = Predictor.from_adapter(model, device=options.device, weights=weights)
     return predictor.predict(scene, sar, out_dir, options)

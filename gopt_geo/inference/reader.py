@@ -48,6 +48,7 @@ from ..data.bands import BandRouting
 from ..errors import InputError
 from ..io import (
     alpha_band,
+    band_indexes,
     check_band_count,
     check_overlap,
     data_band_count,
@@ -110,10 +111,31 @@ class SceneReader:
             raise
         self.grid = Grid(self._opt.crs, self._opt.transform, self._opt.width, self._opt.height)
 
+    @staticmethod
+    def _bands(
+        name: str | None,
+        src: rasterio.DatasetReader,
+        names: tuple[str, ...],
+        role: str,
+        indices: tuple[int, ...] = (),
+    ) -> list[int]:
+        """The file bands to read as the model's ``names``: by band description when the
+        file names its bands, at ``indices``, or exactly the file's bands otherwise (a file
+        with more unnamed bands than the model takes is a mistake, not a choice)."""
+        count = data_band_count(src)
+        described = all(src.descriptions[:count]) and count > 0
+        if not described and not indices:
+            check_band_count(name, count, names, role)
+        return band_indexes(name, src, names, role, indices)
+
     def _validate_and_open_sar(self) -> None:
         opt = self._opt
-        check_band_count(
-            self.scene_name, data_band_count(opt), self.routing.optical_bands, "optical"
+        self._opt_bands = self._bands(
+            self.scene_name,
+            opt,
+            self.routing.optical_bands,
+            "optical",
+            self.routing.optical_indices,
         )
         if not self.routing.sar_bands:
             if self.sar_path is not None:
@@ -131,7 +153,7 @@ class SceneReader:
         check_overlap(self.scene_path, self.sar_path)
         src = open_raster(self.sar_path)
         self._sar_src = src
-        check_band_count(self.sar_name, data_band_count(src), self.routing.sar_bands, "SAR")
+        self._sar_bands = self._bands(self.sar_name, src, self.routing.sar_bands, "SAR")
         alpha = alpha_band(src)
         if same_grid(src, opt):
             self._sar, self._sar_alpha = src, alpha
@@ -149,15 +171,13 @@ class SceneReader:
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """The stacked image and its validity mask for one window of the optical grid."""
-        n_opt = len(self.routing.optical_bands)
-        optical = self._read(self._opt, self.scene_name, window, n_opt)
-        valid = self._masks(self._opt, self.scene_name, window, alpha=None, count=0)
+        optical = self._read(self._opt, self.scene_name, window, self._opt_bands)
+        valid = self._masks(self._opt, self.scene_name, window, alpha=None, bands=None)
         parts = [optical]
         if self._sar is not None:
-            n_sar = len(self.routing.sar_bands)
-            parts.append(self._read(self._sar, self.sar_name, window, n_sar))
+            parts.append(self._read(self._sar, self.sar_name, window, self._sar_bands))
             valid &= self._masks(
-                self._sar, self.sar_name, window, alpha=self._sar_alpha, count=n_sar
+                self._sar, self.sar_name, window, alpha=self._sar_alpha, bands=self._sar_bands
             )
         image = np.concatenate(parts, axis=0)
         valid &= np.isfinite(image).all(axis=0)
@@ -193,10 +213,10 @@ class SceneReader:
 
     @staticmethod
     def _read(
-        src: rasterio.DatasetReader | WarpedVRT, path: str | None, window: Window, count: int
+        src: rasterio.DatasetReader | WarpedVRT, path: str | None, window: Window, bands: list[int]
     ) -> np.ndarray:
         try:
-            return src.read(indexes=list(range(1, count + 1)), window=window, out_dtype="float32")
+            return src.read(indexes=bands, window=window, out_dtype="float32")
         except rasterio.errors.RasterioError as err:
             raise InputError(f"{path}: cannot read pixels ({rasterio_reason(err)})") from None
 
@@ -207,9 +227,10 @@ class SceneReader:
         window: Window,
         *,
         alpha: int | None,
-        count: int,
+        bands: list[int] | None,
     ) -> np.ndarray:
-        """Valid pixels: any band valid (``count=0``, the dataset mask) or every band valid.
+        """Valid pixels: any band valid (``bands=None``, the dataset mask) or every one of
+        ``bands`` valid.
 
         An alpha band is read directly: a WarpedVRT's band masks ignore the alpha band
         it adds, so the SAR footprint would otherwise be lost.
@@ -217,12 +238,20 @@ class SceneReader:
         try:
             if alpha is not None:
                 return src.read(alpha, window=window) > 0
-            if count == 0:
+            if bands is None:
                 return src.dataset_mask(window=window) > 0
-            masks = src.read_masks(indexes=list(range(1, count + 1)), window=window)
+            masks = src.read_masks(indexes=bands, window=window)
         except rasterio.errors.RasterioError as err:
             raise InputError(f"{path}: cannot read pixels ({rasterio_reason(err)})") from None
         return (masks > 0).all(axis=0)
+
+    def any_valid(self, size: int = 512) -> bool:
+        """Whether the scene has a valid optical pixel at all, from a decimated read of its
+        mask (overviews when the file has them; never the whole raster in memory)."""
+        opt = self._opt
+        scale = max(1.0, max(opt.width, opt.height) / size)
+        shape = (max(1, round(opt.height / scale)), max(1, round(opt.width / scale)))
+        return bool((opt.dataset_mask(out_shape=shape) > 0).any())
 
     def describe(self) -> dict[str, object]:
         """Input summary for the run report."""

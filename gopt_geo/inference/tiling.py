@@ -45,12 +45,28 @@ ModelForward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batch = tuple[Sequence[Window], np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]
 
 
+#: Most windows per pixel an overlap may cost, against no overlap ((window/stride)^2):
+#: beyond it a typo (0.95 for 0.25) would run the model hundreds of times per pixel.
+MAX_OVERLAP_FACTOR = 16.0
+
+
+def window_stride(window: int, overlap: float) -> int:
+    """Pixels between the starts of neighbouring windows."""
+    return max(1, int(round(window * (1.0 - overlap))))
+
+
 def check_window(window: int, overlap: float) -> None:
     """Refuse a window or overlap no plan can be made from (one line, naming the value)."""
     if window < MIN_WINDOW:
         raise InputError(f"window must be at least {MIN_WINDOW} pixels, got {window}")
     if not 0.0 <= overlap < 1.0:
         raise InputError(f"overlap must be in [0, 1), got {overlap}")
+    factor = (window / window_stride(window, overlap)) ** 2
+    if factor > MAX_OVERLAP_FACTOR:
+        raise InputError(
+            f"overlap {overlap} runs the model {factor:.0f}x as often as no overlap (at most "
+            f"{MAX_OVERLAP_FACTOR:.0f}x); use an overlap of at most 0.75"
+        )
 
 
 def axis_starts(size: int, window: int, stride: int) -> list[int]:
@@ -78,8 +94,7 @@ class WindowPlan:
     @classmethod
     def for_grid(cls, height: int, width: int, window: int, overlap: float) -> WindowPlan:
         check_window(window, overlap)
-        stride = max(1, int(round(window * (1.0 - overlap))))
-        return cls(height, width, window, stride)
+        return cls(height, width, window, window_stride(window, overlap))
 
     @property
     def overlap(self) -> float:
