@@ -102,6 +102,12 @@ def ensure_output_dir(path: str | os.PathLike[str]) -> Path:
         raise InputError(f"{path}: cannot create the output folder ({err.strerror})") from None
     if not path.is_dir():
         raise InputError(f"{path}: exists and is not a folder")
+    probe = path / f".gopt-geo-write-test-{uuid.uuid4().hex[:8]}"
+    try:  # a read-only file system or a folder without permission, found now, not at the end
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise InputError(f"{path}: cannot write into the output folder ({err.strerror})") from None
     return path
 
 

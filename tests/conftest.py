@@ -117,3 +117,30 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i in range(3):
         write_scene(root, f"scene_{i}", size=96, origin=(500_000 + 5_000 * i, 3_400_000), seed=i)
     return root
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init test_efficientnet GoPT adapter with plausible statistics (WHU classes)."""
+    from gopt_geo.checkpoint import save_adapter
+    from gopt_geo.data.bands import BandRouting
+    from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
+    from gopt_geo.models import ModelConfig, build_model
+
+    model = build_model(ModelConfig(backbone="test_efficientnet", weights="random"))
+    stats = {"B": 800.0, "G": 900.0, "R": 900.0, "NIR": 2500.0, "VV": -12.0, "VH": -18.0}
+    spread = {"B": 400.0, "G": 400.0, "R": 400.0, "NIR": 1000.0, "VV": 4.0, "VH": 4.0}
+    routing = BandRouting(("B", "G", "R", "NIR"), ("VV", "VH"), mean=stats, std=spread)
+    path = tmp_path_factory.mktemp("model") / "adapter.safetensors"
+    save_adapter(
+        path, model, {"routing": routing.to_dict(), "classes": WHU_OPT_SAR_CLASSES.to_dict()}
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory):
+    """One 96x96 synthetic scene (optical, SAR, labels, clouds)."""
+    from gopt_geo.data.synthetic import make_scene
+
+    return make_scene(tmp_path_factory.mktemp("scene"), "tile", size=96, seed=3)

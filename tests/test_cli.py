@@ -7,36 +7,13 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
-import pytest
 import rasterio
 from typer.testing import CliRunner
 
-from gopt_geo.checkpoint import save_adapter
 from gopt_geo.cli import app
-from gopt_geo.data.bands import BandRouting
 from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
-from gopt_geo.data.synthetic import make_scene
-from gopt_geo.models import ModelConfig, build_model
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = build_model(ModelConfig(backbone="test_efficientnet", weights="random"))
-    stats = {"B": 800.0, "G": 900.0, "R": 900.0, "NIR": 2500.0, "VV": -12.0, "VH": -18.0}
-    spread = {"B": 400.0, "G": 400.0, "R": 400.0, "NIR": 1000.0, "VV": 4.0, "VH": 4.0}
-    routing = BandRouting(("B", "G", "R", "NIR"), ("VV", "VH"), mean=stats, std=spread)
-    path = tmp_path_factory.mktemp("model") / "adapter.safetensors"
-    save_adapter(
-        path, model, {"routing": routing.to_dict(), "classes": WHU_OPT_SAR_CLASSES.to_dict()}
-    )
-    return path
-
-
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory):
-    return make_scene(tmp_path_factory.mktemp("scene"), "tile", size=96, seed=3)
 
 
 def test_every_command_has_help() -> None:

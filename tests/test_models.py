@@ -45,7 +45,7 @@ from gopt_geo.models.prompters import CUP, class_aware_loss, labels_to_grid
 pytestmark = pytest.mark.filterwarnings("ignore::gopt_geo.models.RandomBackboneWarning")
 
 SMALL_BACKBONES = ["test_vit", "test_efficientnet"]
-VARIANTS = ["gopt", "optical_only", "early_fusion", "static_prompt"]
+VARIANTS = ["gopt", "optical_only", "optical_all_bands", "early_fusion", "static_prompt"]
 ODD_SIZE = (37, 45)
 
 

@@ -410,8 +410,8 @@ def predict(scene: Path, sar: Path | None, out: Path, **kw) -> None:
             {"vector": "shp"},
             r"^unknown vector format 'shp' \(use gpkg, parquet, geojson or none\)$",
         ),
-        ({"min_area": -1.0}, r"^minimum polygon area must be at least 0 m², got -1\.0$"),
-        ({"simplify": -0.5}, r"^simplification tolerance must be at least 0 metres, got -0\.5$"),
+        ({"min_area": -1.0}, r"^--min-area -1\.0: the minimum polygon area must be >= 0 m²$"),
+        ({"simplify": -0.5}, r"^--simplify -0\.5: the tolerance must be >= 0 metres$"),
     ],
 )
 def test_bad_options_are_refused_in_one_line(options: dict, message: str) -> None:

@@ -120,9 +120,9 @@ def driver_for(path: Path) -> str:
 def check_polygon_options(min_area: float, simplify: float) -> None:
     """Refuse a negative minimum area or tolerance (they would silently mean zero)."""
     if min_area < 0:
-        raise InputError(f"minimum polygon area must be at least 0 m², got {min_area}")
+        raise InputError(f"--min-area {min_area}: the minimum polygon area must be >= 0 m²")
     if simplify < 0:
-        raise InputError(f"simplification tolerance must be at least 0 metres, got {simplify}")
+        raise InputError(f"--simplify {simplify}: the tolerance must be >= 0 metres")
 
 
 class _Areas:
