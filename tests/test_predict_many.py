@@ -445,3 +445,12 @@ def test_predict_many_bad_input_messages(adapter: Path, scenes: Path, tmp_path: 
         res = runner.invoke(app, [*base, *extra])
         assert res.exit_code == 2 and message in res.output, (extra, res.output)
         assert "Traceback" not in res.output
+
+
+def test_the_run_collection_links_every_mapped_scene(cluster_run) -> None:
+    import pystac
+
+    _, out, _ = cluster_run
+    collection = pystac.Collection.from_file(str(out / "collection.json"))
+    ids = {item.id for item in collection.get_items()}
+    assert ids == set(GOOD)

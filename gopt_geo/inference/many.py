@@ -61,6 +61,7 @@ from ..io import (
 )
 from .options import PredictOptions
 from .sources import Scene, safe_id
+from .stac import write_collection
 
 RUN_JSON = "run.json"
 RUN_MARKDOWN = "run.md"
@@ -501,6 +502,20 @@ def write_run_outputs(
     index_crs = next(iter(crss.values())) if len(crss) == 1 else CRS.from_string(INDEX_FALLBACK_CRS)
     mosaics = write_mosaics(out, [(o, fp) for _, o, _, _, fp in rows])
     index_path = _write_index(out, rows, index_crs, class_names)
+    # the STAC items the scenes' runs wrote, linked by one collection (rewritten per run)
+    items = [
+        Path(o.report).with_name(Path(o.report).name.replace("_report.json", "_item.json"))
+        for o in outcomes
+        if o.status in ("done", "skipped") and o.report
+    ]
+    items = [p for p in items if p.exists()]
+    collection = (
+        write_collection(
+            items, out, description=f"gopt-geo land-cover maps made with {adapter}", overwrite=True
+        )
+        if items
+        else None
+    )
 
     done = [o for o in outcomes if o.status == "done"]
     counts = {
@@ -532,12 +547,14 @@ def write_run_outputs(
         "index": str(index_path),
         "index_crs": index_crs.to_string(),
         "mosaics": {k: str(v) for k, v in mosaics.items()},
+        "collection": str(collection) if collection else None,
     }
     files = {
         "run_json": write_text_atomic(out / RUN_JSON, strict_json(summary)),
         "run_markdown": write_text_atomic(out / RUN_MARKDOWN, render_run_markdown(summary)),
         "index": index_path,
         **{f"mosaic {k}": v for k, v in mosaics.items()},
+        **({"collection": collection} if collection else {}),
     }
     return files, summary
 
