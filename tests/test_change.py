@@ -1,4 +1,4 @@
-"""``gopt-geo change``: transition map and matrix of two class maps (issue 14)."""
+"""``gopt-geo change``: transition map and matrix of two class maps."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Adapter file tests (issue 3): round trip, backbone identity, size, errors, info text."""
+"""Adapter file tests: round trip, backbone identity, size, errors, info text."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training beyond one process (issue 11): a 2-process DDP run on CPU (gloo).
+"""Training beyond one process: a 2-process DDP run on CPU (gloo).
 
 Lightning's DDP launcher starts the second process by running the same script again, so
 the run lives in a small script file run with ``python``, as a user would run

@@ -1,4 +1,4 @@
-"""Runs that never lose work (issue 12): a prediction's outputs form one set.
+"""Runs that never lose work: a prediction's outputs form one set.
 
 The real command line is interrupted at known stages (the ``GOPT_GEO_TEST_PAUSE_AT`` test
 hook of :mod:`gopt_geo.inference.staging`): while windows are predicted, while polygons

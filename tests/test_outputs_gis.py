@@ -1,4 +1,4 @@
-"""Maps that GIS users and catalogues use as they are (issue 14): STAC item and collection,
+"""Maps that GIS users and catalogues use as they are: STAC item and collection,
 QGIS styles (QML sidecars, GeoPackage default style), traceable polygons, uncertainty,
 quicklook, optical-only adapters without SAR."""
 

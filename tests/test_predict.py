@@ -1,4 +1,4 @@
-"""Whole-scene prediction: grids, tiling, nodata, outputs, bad input (issue 5)."""
+"""Whole-scene prediction: grids, tiling, nodata, outputs, bad input."""
 
 from __future__ import annotations
 

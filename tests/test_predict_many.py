@@ -1,4 +1,4 @@
-"""Many scenes, one command (issue 11): a Dask cluster, failures, resume, remote and STAC
+"""Many scenes, one command: a Dask cluster, failures, resume, remote and STAC
 inputs, the run's index and mosaic.
 
 One module-wide run on a real 2-process LocalCluster (worker start-up is the expensive

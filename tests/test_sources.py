@@ -1,4 +1,4 @@
-"""Scene sources (issue 11): remote paths, STAC items stacked by a VRT, folders, manifests.
+"""Scene sources: remote paths, STAC items stacked by a VRT, folders, manifests.
 
 No model here: these tests check what GDAL reads through the sources, value by value.
 """

@@ -1,4 +1,4 @@
-"""Class map -> polygons: round trip, seams, formats, areas, min area, simplify (issue 5)."""
+"""Class map -> polygons: round trip, seams, formats, areas, min area, simplify."""
 
 from __future__ import annotations
 

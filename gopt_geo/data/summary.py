@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import open_raster
-from .classes import WHU_OPT_SAR_CLASSES, ClassScheme
+from .classes import names_from_tags
 
 
 def _histogram(path: Path) -> np.ndarray:
@@ -23,14 +23,16 @@ def _histogram(path: Path) -> np.ndarray:
     return counts
 
 
-def summarize_scenes(root: str | Path, classes: ClassScheme = WHU_OPT_SAR_CLASSES) -> str:
-    """Text table of the scenes under ``root`` (layout of :mod:`gopt_geo.data.scenes`)."""
+def summarize_scenes(root: str | Path) -> str:
+    """Text table of the scenes under ``root`` (layout of :mod:`gopt_geo.data.scenes`); label
+    codes are named as the label rasters name them (their tags), else by code."""
     root = Path(root)
     optical = sorted((root / "optical").glob("*.tif"))
     if not optical:
         raise InputError(f"{root}: no scenes found (expected optical/<scene>.tif)")
     lines = [f"{len(optical)} scene(s) in {root}"]
     totals = np.zeros(256, dtype=np.int64)
+    names: dict[int, str] = {}
     for opt in optical:
         name = opt.stem
         with open_raster(opt) as o:
@@ -54,13 +56,12 @@ def summarize_scenes(root: str | Path, classes: ClassScheme = WHU_OPT_SAR_CLASSE
         labels = root / "labels" / f"{name}.tif"
         if labels.exists():
             totals += _histogram(labels)
+            with open_raster(labels) as lab:
+                names = {**names_from_tags(lab.tags(), lab.tags(1)), **names}
     if totals.sum():
-        parts = []
-        for c in classes.classes:
-            parts.append(f"{c.name} {100 * totals[c.code] / totals.sum():.1f}%")
-        if classes.ignore_code is not None:
-            parts.append(
-                f"{classes.ignore_name} {100 * totals[classes.ignore_code] / totals.sum():.1f}%"
-            )
-        lines.append("  classes: " + ", ".join(parts))
+        parts = [
+            f"{names.get(code, f'code {code}')} {100 * totals[code] / totals.sum():.1f}%"
+            for code in np.flatnonzero(totals).tolist()
+        ]
+        lines.append("  label codes: " + ", ".join(parts))
     return "\n".join(lines)
