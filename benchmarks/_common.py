@@ -45,6 +45,7 @@ SECTIONS = (
     "vectorize_speed",
     "demo",
     "predict_many",
+    "paper_ablations",
 )
 
 HEADER = """# gopt-geo benchmarks

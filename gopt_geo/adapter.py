@@ -1,4 +1,4 @@
-"""The adapter file's metadata, read without torch (``gopt-geo info``, DESIGN.md §5).
+"""The adapter file's metadata, read without torch (``gopt-geo info``, design §5).
 
 An adapter is a ``.safetensors`` file: the trainable tensors plus one JSON document
 under the metadata key ``gopt_geo`` (model config, backbone identity, band routing,

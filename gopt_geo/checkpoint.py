@@ -1,4 +1,4 @@
-"""The adapter file: what GoPT trained, in one small `.safetensors` file (DESIGN.md §5).
+"""The adapter file: what GoPT trained, in one small `.safetensors` file (design §5).
 
 The file holds the trainable tensors only (prompters, auxiliary embedding, decoder;
 a few MB), never the frozen backbone, plus JSON metadata under one safetensors metadata

@@ -423,7 +423,9 @@ def band_indexes(
     name the file does not have is an error naming both lists. Without descriptions,
     ``indices`` (1-based) say which bands to read, or else the first ``len(names)``.
     """
-    count = data_band_count(src)
+    # a band GDAL calls alpha is a mask, unless the names need it (4-band uint8 RGB+NIR
+    # files are often tagged RGBA)
+    count = data_band_count(src) if data_band_count(src) >= len(names) else src.count
     descriptions = list(src.descriptions[:count])
     if count and all(descriptions) and len(set(descriptions)) == count:
         missing = [n for n in names if n not in descriptions]

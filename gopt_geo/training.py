@@ -138,6 +138,8 @@ class GoPTTask(BaseTask):
         return self.model(rgb, aux, target=batch["mask"] if with_target else None)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # schedules (e.g. the annealed Gumbel noise of hard assignment) follow training progress
+        self.model.set_progress(self.global_step / max(1, self.trainer.estimated_stepping_batches))
         if self.hparams["flips"]:
             batch = random_flips(batch)
         out = self._forward(batch, with_target=True)
@@ -401,7 +403,11 @@ def _read_resume_checkpoint(last: Path, task_hparams: dict[str, Any]) -> dict[st
     needed = ("state_dict", "epoch", "global_step", "hyper_parameters")
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
         raise InputError(f"{last}: not a gopt-geo training checkpoint")
-    saved = ckpt["hyper_parameters"]
+    saved = dict(ckpt["hyper_parameters"])
+    try:  # model configs compared as configs: fields added since then take their defaults
+        saved["model"] = ModelConfig.from_dict(saved.get("model") or {}).to_dict()
+    except InputError:
+        raise InputError(f"{last}: not a checkpoint of this gopt-geo's models") from None
     for key in ("model", "routing", "classes"):
         if saved.get(key) != task_hparams[key]:
             raise InputError(
@@ -530,7 +536,14 @@ def train(
         default_root_dir=str(out),
     )
     start = time.perf_counter()
-    trainer.fit(task, datamodule=dm, ckpt_path=str(last) if resume else None)
+    try:
+        trainer.fit(task, datamodule=dm, ckpt_path=str(last) if resume else None)
+    except SystemExit:
+        # Lightning answers Ctrl-C with a graceful stop and sys.exit(1); an interruption
+        # it is, and the CLI reports it as one (exit 130) instead of a silent status
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
     seconds = time.perf_counter() - start
     metrics = {k: v.to_dict() for k, v in getattr(task, "last_metrics", {}).items()}
     if metrics and primary:

@@ -6,6 +6,7 @@ nothing from more.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +145,12 @@ def scene(tmp_path_factory: pytest.TempPathFactory):
     from gopt_geo.data.synthetic import make_scene
 
     return make_scene(tmp_path_factory.mktemp("scene"), "tile", size=96, seed=3)
+
+
+# Subprocesses that tests start (the CLI, DDP workers, notebook kernels) import this
+# checkout's code, as ./run's PYTHONPATH gives it, also when pytest is run directly.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (_ROOT, os.environ.get("PYTHONPATH", "")) if p
+    )

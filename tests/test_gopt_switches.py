@@ -321,35 +321,26 @@ def test_tau_does_not_change_the_hard_sample_but_the_noise_does():
         half = assign(logits, "hard", 1.0, training=True, noise=0.5)
     agree = lambda a: (a.argmax(-1) == logits.argmax(-1)).float().mean()  # noqa: E731
     assert agree(cold) < agree(half) < 1.0
-    with torch.no_grad():
-        torch.manual_seed(3)
-        blend = assign(logits, "hard", 1.0, training=True, noise=0.0, hard_weight=0.25)
-        assert torch.allclose(blend, 0.25 * argmax + 0.75 * torch.softmax(logits, -1))
-        assert torch.equal(
-            assign(logits, "hard", 2.0, True, hard_weight=0.0), (logits / 2).softmax(-1)
-        )
     assert torch.equal(assign(logits, "hard", 1.0, training=False, noise=1.0), argmax)
 
 
-def test_set_progress_goes_soft_to_hard_then_holds_the_final_values():
+def test_set_progress_anneals_noise_and_tau_then_holds_the_final_values():
     model = model_for("test_vit", anneal=0.5, tau_start=2.0, tau=0.5)
     cup = model.prompters["0"].cup
-    state = lambda: (cup.tau, cup.noise, cup.hard_weight)  # noqa: E731
-    assert state() == (0.5, 1.0, 1.0)  # never told: the unscheduled form
+    assert (cup.tau, cup.noise) == (0.5, 1.0)  # never told: the unscheduled form
     model.set_progress(0.0)
-    assert state() == (2.0, 1.0, 0.0)  # soft, tau_start
+    assert (cup.tau, cup.noise) == (2.0, 1.0)  # standard Gumbel-Softmax, tau_start
     model.set_progress(0.25)
-    assert state() == pytest.approx((1.0, 0.5, 0.5))
+    assert (cup.tau, cup.noise) == pytest.approx((1.0, 0.5))
     model.set_progress(0.9)
-    assert state() == (pytest.approx(0.5), 0.0, 1.0)  # the straight-through argmax
+    assert (cup.tau, cup.noise) == (pytest.approx(0.5), 0.0)  # the straight-through argmax
     soft = model_for("test_vit", assignment="soft", anneal=1.0, tau_start=4.0)
     soft.set_progress(0.0)
     cup = soft.prompters["0"].cup
-    assert (cup.tau, cup.noise, cup.hard_weight) == (4.0, 1.0, 1.0)  # soft: tau only
+    assert (cup.tau, cup.noise) == (4.0, 1.0)  # soft assignment: tau only
     plain = model_for("test_vit")
     plain.set_progress(0.0)  # no schedule configured: nothing moves
-    cup = plain.prompters["0"].cup
-    assert (cup.tau, cup.noise, cup.hard_weight) == (1.0, 1.0, 1.0)
+    assert (plain.prompters["0"].cup.tau, plain.prompters["0"].cup.noise) == (1.0, 1.0)
 
 
 def test_the_schedule_changes_training_not_inference():

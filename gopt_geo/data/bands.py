@@ -2,7 +2,7 @@
 
 GoPT feeds the optical RGB bands to the frozen, RGB-pretrained backbone as they were
 pretrained, and every other band (SAR VV/VH, NIR, ...) to the trainable auxiliary
-stream (DESIGN.md §3). Training (torchgeo samples) and prediction (windows read with
+stream (design §3). Training (torchgeo samples) and prediction (windows read with
 rasterio) both call :meth:`BandRouting.prepare`, and the routing - band names, order,
 SAR units, statistics - is stored in the adapter file, so the two can never disagree
 silently.

@@ -1,6 +1,6 @@
 """torchgeo raster datasets for optical, SAR and label scenes, and their combination.
 
-The optical raster's grid is the reference grid (DESIGN.md §1): SAR and labels are
+The optical raster's grid is the reference grid (design §1): SAR and labels are
 combined with ``&`` (torchgeo ``IntersectionDataset``, optical first) so torchgeo warps
 them onto it. Band names are given per instance because they differ between archives
 (WHU-OPT-SAR's optical band order is not documented; its SAR has one band).

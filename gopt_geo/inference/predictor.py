@@ -5,7 +5,7 @@ with and maps scenes with it. Each part lives in its own module, so that each ca
 tested and changed alone: :class:`~gopt_geo.inference.reader.SceneReader` reads windows
 (SAR warped on the fly, one batch read ahead on a thread),
 :func:`~gopt_geo.inference.tiling.stream_rows` blends the model's windows into finished
-rows while holding one strip of rows (memory flat in the scene's height, DESIGN.md §6),
+rows while holding one strip of rows (memory flat in the scene's height, design §6),
 :class:`~gopt_geo.inference.outputs.OutputSet` writes those rows as COGs,
 :func:`~gopt_geo.inference.vectorize.write_polygons` polygonises the class map,
 :mod:`~gopt_geo.inference.quicklook` draws it beside the optical image,
@@ -49,6 +49,7 @@ from ..io import (
     resolve_device,
     streaming_gdal_env,
 )
+from .context import scene_context
 from .options import PredictOptions
 from .outputs import OutputSet
 from .quicklook import write_quicklook
@@ -329,8 +330,9 @@ class Predictor:
                 )
             return
         bar = tqdm(total=len(plan), unit="window", desc="predict", disable=not options.progress)
+        context = scene_context(reader, self.model)  # None unless model.cup_context == "scene"
         batches = reader.batches(plan.windows(), options.batch_size)
-        forward = functools.partial(self._infer, pad_sar=pad_sar) if pad_sar else self._infer
+        forward = functools.partial(self._infer, pad_sar=pad_sar, context=context)
         rows = stream_rows(
             plan,
             batches,
@@ -347,7 +349,9 @@ class Predictor:
                     pause_point("windows")  # test hook (staging.py)
 
     @torch.inference_mode()
-    def _infer(self, images: torch.Tensor, valid: torch.Tensor, pad_sar: int = 0) -> torch.Tensor:
+    def _infer(
+        self, images: torch.Tensor, valid: torch.Tensor, pad_sar: int = 0, context: Any = None
+    ) -> torch.Tensor:
         """The model's logits [B, K, h, w] for a batch of windows (the tiling's
         ``model_forward``); invalid pixels are fed as band means (0 after normalising), and
         so are ``pad_sar`` SAR bands a model that ignores them was not given."""
@@ -357,7 +361,7 @@ class Predictor:
         rgb, aux = self.routing.prepare(images)
         rgb = torch.where(valid[:, None], rgb, 0.0)  # also clears NaN, which would spread
         aux = torch.where(valid[:, None], aux, 0.0)
-        out = self.model(rgb, aux)
+        out = self.model(rgb, aux) if context is None else self.model(rgb, aux, context=context)
         logits = out.logits if hasattr(out, "logits") else out
         if logits.shape[1] != self.classes.num_classes:
             raise RuntimeError(

@@ -1,6 +1,6 @@
 """Windowed reading of a scene for prediction: optical from the file, SAR warped onto it.
 
-The optical raster's grid is the reference grid (DESIGN.md §1). SAR in any CRS and at any
+The optical raster's grid is the reference grid (design §1). SAR in any CRS and at any
 resolution is read through a ``WarpedVRT`` that has exactly the optical CRS, transform and
 size, so a window of the optical grid is also a window of the warped SAR and nothing is
 ever warped as a whole. Inputs are checked up front, so that user mistakes surface as one

@@ -5,7 +5,7 @@ inside, grids smaller than a window padded and cropped back), run through a
 ``model_forward`` callable in batches and blended with a smooth weight that is largest at
 the window centre, where the model sees the most context. Only a strip of rows as tall as
 one window is held: rows are handed on as soon as no later window touches them, so memory
-grows with the grid's width, never with its height (DESIGN.md §6).
+grows with the grid's width, never with its height (design §6).
 
 Nothing here opens a file or knows a model class: windows come in as arrays, logits go
 out as rows. That keeps the tiling testable on arrays (a pointwise ``model_forward`` must

@@ -24,16 +24,18 @@ if TYPE_CHECKING:
     from gopt_geo.models.base import SegmentationModel, SegmentationOutput
     from gopt_geo.models.baselines import (
         EarlyFusionSegmenter,
+        OpticalAllBandsSegmenter,
         OpticalOnlySegmenter,
         StaticPromptSegmenter,
     )
-    from gopt_geo.models.gopt import GoPTSegmenter
+    from gopt_geo.models.gopt import GoPTSegmenter, SceneContext
 
 #: variant name -> "module:class" of its model; resolved on use, so that the registry
 #: itself costs no torch import. Keys are exactly ``VARIANTS`` (what configs accept).
 MODEL_REGISTRY: dict[str, str] = {
     "gopt": "gopt_geo.models.gopt:GoPTSegmenter",
     "optical_only": "gopt_geo.models.baselines:OpticalOnlySegmenter",
+    "optical_all_bands": "gopt_geo.models.baselines:OpticalAllBandsSegmenter",
     "early_fusion": "gopt_geo.models.baselines:EarlyFusionSegmenter",
     "static_prompt": "gopt_geo.models.baselines:StaticPromptSegmenter",
 }
@@ -46,7 +48,9 @@ _LAZY: dict[str, str] = {
     "SegmentationModel": "gopt_geo.models.base",
     "SegmentationOutput": "gopt_geo.models.base",
     "GoPTSegmenter": "gopt_geo.models.gopt",
+    "SceneContext": "gopt_geo.models.gopt",
     "OpticalOnlySegmenter": "gopt_geo.models.baselines",
+    "OpticalAllBandsSegmenter": "gopt_geo.models.baselines",
     "EarlyFusionSegmenter": "gopt_geo.models.baselines",
     "StaticPromptSegmenter": "gopt_geo.models.baselines",
 }
@@ -65,7 +69,7 @@ def model_class(variant: str) -> type[SegmentationModel]:
 
 
 def build_model(cfg: ModelConfig) -> SegmentationModel:
-    """The model for ``cfg.variant``: gopt | optical_only | early_fusion | static_prompt."""
+    """The model for ``cfg.variant`` (one of ``VARIANTS``)."""
     return model_class(cfg.variant)(cfg)
 
 
@@ -91,9 +95,11 @@ __all__ = [
     "GoPTSegmenter",
     "InjectionPoint",
     "ModelConfig",
+    "OpticalAllBandsSegmenter",
     "OpticalOnlySegmenter",
     "ParameterReport",
     "RandomBackboneWarning",
+    "SceneContext",
     "SegmentationModel",
     "SegmentationOutput",
     "StaticPromptSegmenter",

@@ -1,4 +1,4 @@
-"""The frozen, RGB-pretrained backbone with named injection points (DESIGN.md §3-§4).
+"""The frozen, RGB-pretrained backbone with named injection points (design §3-§4).
 
 GoPT adds prompts *between* the blocks (ViT) or stages (hierarchical CNN) of a timm
 model that is never trained. `FrozenBackbone` owns that model: it loads the weights

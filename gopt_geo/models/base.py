@@ -1,4 +1,4 @@
-"""`SegmentationModel`: what GoPT and every baseline share (DESIGN.md §3).
+"""`SegmentationModel`: what GoPT and every baseline share (design §3).
 
 Every variant is a timm backbone plus the same light decoder, with the same inputs
 (normalised RGB, auxiliary bands, optional target), the same outputs and the same
@@ -12,6 +12,7 @@ prompting modules in `build_prompting` and says how its features are computed in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -20,6 +21,7 @@ from gopt_geo.errors import InputError
 from gopt_geo.models.backbone import FrozenBackbone, InjectionPoint, pad_to_multiple
 from gopt_geo.models.config import ModelConfig, ParameterReport
 from gopt_geo.models.decoder import MultiLevelDecoder
+from gopt_geo.models.prompters import prompted_points
 
 
 @dataclass
@@ -50,23 +52,49 @@ class SegmentationModel(nn.Module):
             self.backbone.adapt_input_channels(in_chans)
         self.build_prompting(self.backbone.injection_points)
         self.decoder = MultiLevelDecoder(
-            self.backbone.feature_channels, config.num_classes, config.decoder_dim
+            self.decoder_channels(), config.num_classes, config.decoder_dim
         )
 
     def build_prompting(self, points: list[InjectionPoint]) -> None:
         """Create the modules the variant adds at the backbone's injection points
         (prompters, projections); none by default."""
 
+    def decoder_channels(self) -> list[int]:
+        """Widths of the maps ``forward_features`` returns: the backbone's four levels,
+        unless the variant adds its own (``optical_all_bands``)."""
+        return list(self.backbone.feature_channels)
+
+    def prompted_indices(self, points: list[InjectionPoint]) -> list[int]:
+        """The injection points that get a prompter: ``prompt_points`` when given (checked
+        against this backbone), else every ``prompt_every``-th from ``prompt_min_stride``."""
+        config = self.config
+        if config.prompt_points is None:
+            return prompted_points(
+                [p.stride for p in points], config.prompt_every, config.prompt_min_stride
+            )
+        bad = [i for i in config.prompt_points if i >= len(points)]
+        if bad:
+            raise InputError(
+                f"model config: prompt_points {bad} out of range: backbone {config.backbone} "
+                f"has {len(points)} injection points (0-{len(points) - 1})"
+            )
+        return sorted(config.prompt_points)
+
     def forward_features(
-        self, rgb: Tensor, aux: Tensor, target: Tensor | None
+        self, rgb: Tensor, aux: Tensor, target: Tensor | None, context: Any = None
     ) -> tuple[list[Tensor], dict[str, Tensor]]:
-        """Padded inputs -> (four decoder feature maps, auxiliary losses)."""
+        """Padded inputs -> (the decoder's feature maps, auxiliary losses). ``context``:
+        what `scene_context` returned (None: everything from these inputs)."""
         raise NotImplementedError
 
-    def forward(self, rgb: Tensor, aux: Tensor, target: Tensor | None = None) -> SegmentationOutput:
+    def forward(
+        self, rgb: Tensor, aux: Tensor, target: Tensor | None = None, context: Any = None
+    ) -> SegmentationOutput:
         """``rgb`` [B,3,H,W] and ``aux`` [B,A,H,W] normalised, ``target`` [B,H,W] (optional,
         IGNORE_INDEX ignored) -> logits [B,classes,H,W]. Any H, W: inputs are padded to the
-        backbone's stride and the logits cropped back."""
+        backbone's stride and the logits cropped back. ``context``: `scene_context` of the
+        scene these windows come from, for window-independent predictions (None: each
+        window on its own, as in training)."""
         self._check_inputs(rgb, aux, target)
         h, w = rgb.shape[-2:]
         divisor = self.backbone.size_divisor
@@ -74,9 +102,23 @@ class SegmentationModel(nn.Module):
         aux = pad_to_multiple(aux, divisor)
         if target is not None:
             target = pad_to_multiple(target, divisor, value=IGNORE_INDEX)
-        features, losses = self.forward_features(rgb, aux, target)
+        features, losses = self.forward_features(rgb, aux, target, context)
         logits = self.decoder(features, (rgb.shape[-2], rgb.shape[-1]))
         return SegmentationOutput(logits[..., :h, :w], losses)
+
+    @property
+    def needs_scene_context(self) -> bool:
+        """Whether predicting a scene window by window needs `scene_context` first."""
+        return False
+
+    def scene_context(self, rgb: Tensor, aux: Tensor) -> Any:
+        """What this model needs from the whole scene to predict any window of it as it
+        would the whole scene; None for models whose windows need nothing (the default)."""
+        return None
+
+    def set_progress(self, fraction: float) -> None:
+        """Where training is (0 at the first step, 1 at the last), for models with a
+        schedule (GoPT's assignment); the default has none."""
 
     def _check_inputs(self, rgb: Tensor, aux: Tensor, target: Tensor | None) -> None:
         if rgb.ndim != 4 or rgb.shape[1] != 3:

@@ -15,7 +15,18 @@ from gopt_geo import __version__
 from gopt_geo.errors import InputError
 
 #: The model variants, in the order reports list them (``build_model`` has one class each).
-VARIANTS = ("gopt", "optical_only", "early_fusion", "static_prompt")
+VARIANTS = ("gopt", "optical_only", "optical_all_bands", "early_fusion", "static_prompt")
+
+#: The allowed values of the switches that pick between readings of the paper
+#: (docs/design.md §3, README "GoPT as implemented here"); defaults are on the fields.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "assignment": ("hard", "soft"),
+    "acp_query": ("rgb+aux", "rgb"),
+    "aux_path": ("side", "backbone"),
+    "cup_attention": ("cross", "self"),
+    "prompters": ("cup+acp", "cup", "acp"),
+    "cup_context": ("window", "scene"),
+}
 
 #: Fields added after adapter files were first written, with the value that reproduces
 #: what a file without the field was trained with, where that differs from the field's
@@ -47,7 +58,7 @@ class UnknownConfigFields(InputError):
 class ModelConfig:
     """Everything needed to rebuild a model; stored in the adapter file."""
 
-    variant: str = "gopt"  # gopt | optical_only | early_fusion | static_prompt
+    variant: str = "gopt"  # gopt | optical_only | optical_all_bands | early_fusion | static_prompt
     backbone: str = "efficientnet_lite0"  # any timm model name
     weights: str = "packaged"  # packaged | timm | random | path to .safetensors/.pth
     num_classes: int = 7
@@ -56,7 +67,7 @@ class ModelConfig:
     num_groups: int | None = None  # K; None -> num_classes
     prompt_every: int = 1  # prompter at every n-th injection point
     assignment: str = "hard"  # hard | soft
-    tau: float = 1.0  # Gumbel-Softmax temperature
+    tau: float = 1.0  # Gumbel-Softmax / softmax temperature (the final one with a schedule)
     class_aware_loss: bool = True
     alignment_loss: bool = True
     decoder_dim: int = 64
@@ -65,22 +76,65 @@ class ModelConfig:
     share_projections: bool = True  # one ACP down/up projection per backbone width
     prompt_min_stride: int = 8  # first prompted point: stride >= this (CNN stages; ViT: all)
     acp_query: str = "rgb+aux"  # rgb | rgb+aux: what the RGB tokens query the prompts with
+    # -- switches between readings of the paper (README "GoPT as implemented here") --------
+    aux_path: str = "side"  # side: own d_p embedding | backbone: through the frozen blocks too
+    cup_attention: str = "cross"  # cross: class tokens attend to aux (O(N*K)) | self: O((N+K)^2)
+    prompters: str = "cup+acp"  # cup+acp | cup | acp: the paper's structure ablation
+    prompt_points: list[int] | None = None  # explicit injection-point indices (overrides
+    # prompt_every and prompt_min_stride); None: every prompt_every-th from prompt_min_stride
+    assign_scale: float | None = None  # None: CUP logits q.k/sqrt(d), unbounded; s: s*cos(q, k)
+    anneal: float = 0.0  # fraction of training over which the hard assignment's Gumbel noise
+    # goes 1 -> 0 (then training samples are the argmax, as inference) and tau_start -> tau
+    tau_start: float | None = None  # tau at the start of the schedule; None: tau throughout
+    cup_context: str = "window"  # window: groups per window | scene: from a whole-scene pass
+    context_size: int = 1024  # longest side (pixels) of the scene-context pass
 
     def __post_init__(self) -> None:
         problems = []
         if self.variant not in VARIANTS:
             problems.append(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
-        if self.assignment not in ("hard", "soft"):
+        if self.assignment not in CHOICES["assignment"]:
             problems.append(f"assignment must be hard or soft, got {self.assignment!r}")
-        for name in ("num_classes", "prompt_dim", "prompt_every", "decoder_dim", "prompt_heads"):
+        for name in ("acp_query", "aux_path", "cup_attention", "prompters", "cup_context"):
+            value, allowed = getattr(self, name), CHOICES[name]
+            if value not in allowed:
+                problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        for name in (
+            "num_classes",
+            "prompt_dim",
+            "prompt_every",
+            "decoder_dim",
+            "prompt_heads",
+            "context_size",
+        ):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.aux_channels < 0 or (self.aux_channels == 0 and self.variant == "gopt"):
-            problems.append(f"aux_channels must be >= 1 for GoPT, got {self.aux_channels}")
+        needs_aux = self.variant in ("gopt", "optical_all_bands")
+        if self.aux_channels < 0 or (self.aux_channels == 0 and needs_aux):
+            who = "GoPT" if self.variant == "gopt" else self.variant
+            problems.append(f"aux_channels must be >= 1 for {who}, got {self.aux_channels}")
         if self.num_groups is not None and self.num_groups < 1:
             problems.append(f"num_groups must be >= 1, got {self.num_groups}")
         if self.tau <= 0:
             problems.append(f"tau must be > 0, got {self.tau}")
+        if self.tau_start is not None and self.tau_start <= 0:
+            problems.append(f"tau_start must be > 0, got {self.tau_start}")
+        if self.tau_start is not None and self.anneal <= 0:
+            problems.append(
+                "tau_start needs anneal > 0 (the fraction of training over which tau goes "
+                f"from tau_start to tau), got anneal {self.anneal}"
+            )
+        if self.assign_scale is not None and self.assign_scale <= 0:
+            problems.append(f"assign_scale must be > 0 (or null), got {self.assign_scale}")
+        if not 0.0 <= self.anneal <= 1.0:
+            problems.append(f"anneal must be a fraction of training in [0, 1], got {self.anneal}")
+        if self.prompt_points is not None:
+            points = list(self.prompt_points)
+            if not points or any(p < 0 for p in points) or len(set(points)) != len(points):
+                problems.append(
+                    "prompt_points must be a non-empty list of distinct injection-point "
+                    f"indices >= 0, got {self.prompt_points}"
+                )
         if self.prompt_dim % max(self.prompt_heads, 1):
             problems.append(
                 f"prompt_dim {self.prompt_dim} must be divisible by "

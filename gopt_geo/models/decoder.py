@@ -1,4 +1,4 @@
-"""A light multi-level segmentation head (DESIGN.md §3, "Decoder").
+"""A light multi-level segmentation head (design §3, "Decoder").
 
 Counted in GoPT's trainable budget, so it stays small: one 1x1 projection per level to
 ``dim`` channels, all levels resized to 1/4 of the input, concatenated, fused by one

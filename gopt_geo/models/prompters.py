@@ -1,14 +1,22 @@
 """Grouping prompters: CUP groups the auxiliary tokens, ACP lets the RGB tokens read the groups.
 
-DESIGN.md §3. At every injection point the auxiliary (SAR, NIR, ...) tokens are grouped
+design §3. At every injection point the auxiliary (SAR, NIR, ...) tokens are grouped
 around K class tokens (CUP) and the frozen backbone's RGB tokens query the K grouped
 prompts (ACP); the answer is added to the RGB stream through a zero-initialised gate,
-so an untrained model is exactly the frozen backbone. All attention is between N tokens
-and K (or M) prompts, O(N*K): there is never an N x N attention map.
+so an untrained model is exactly the frozen backbone. In the default form all attention
+is between N tokens and K (or M) prompts, O(N*K); two switches of the paper's ablations
+(``cup_attention: self`` and ``prompters: acp``) attend token to token, O(N^2).
+
+Readings of the paper that are switches (``ModelConfig``, README "GoPT as implemented
+here"): CUP's attention (`CUP`, ``attention``), CUP and ACP alone (`GroupingPrompter`,
+``parts``), the assignment's logits and schedule (``CUP.scale``; `assign`'s ``noise``) and
+where CUP's groups come from (`CUPContext`: the window itself, or a whole-scene pass).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -18,21 +26,36 @@ from torch import Tensor, nn
 from gopt_geo.data.classes import IGNORE_INDEX
 
 
-def assign(logits: Tensor, mode: str, tau: float, training: bool) -> Tensor:
+def assign(logits: Tensor, mode: str, tau: float, training: bool, noise: float = 1.0) -> Tensor:
     """Token-to-group assignment weights [B, N, K] from logits [B, N, K].
 
     ``hard``: Gumbel-Softmax with a straight-through estimator while training (one-hot
     forward, soft gradients backward), plain argmax one-hot at inference (deterministic).
     ``soft``: softmax(logits / tau), training and inference alike.
+
+    tau does not change the hard *forward* sample: argmax((logits + g) / tau) =
+    argmax(logits + g); it only shapes the straight-through gradient. What decides how often
+    a training sample differs from the inference argmax is the noise against the logits:
+    ``noise`` scales the Gumbel noise (the sample is drawn from softmax(logits / noise)),
+    1 is standard Gumbel-Softmax, 0 the deterministic straight-through argmax, which is
+    what inference does. The training schedule (``ModelConfig.anneal``) takes it from 1
+    to 0.
     """
     if mode == "soft":
         return torch.softmax(logits / tau, dim=-1)
     if mode != "hard":
         raise ValueError(f"assignment must be 'hard' or 'soft', got {mode!r}")
-    if training:
+    if not training:
+        index = logits.argmax(dim=-1)
+        return F.one_hot(index, logits.shape[-1]).to(logits.dtype)
+    if noise == 1.0:
         return F.gumbel_softmax(logits, tau=tau, hard=True, dim=-1)
-    index = logits.argmax(dim=-1)
-    return F.one_hot(index, logits.shape[-1]).to(logits.dtype)
+    if noise > 0.0:
+        gumbels = -torch.empty_like(logits).exponential_().log()
+        logits = logits + noise * gumbels
+    soft = torch.softmax(logits / tau, dim=-1)
+    hard = F.one_hot(soft.argmax(dim=-1), logits.shape[-1]).to(soft.dtype)
+    return hard - soft.detach() + soft
 
 
 class TokenCrossAttention(nn.Module):
@@ -51,17 +74,30 @@ class TokenCrossAttention(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, query: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, query: Tensor, context: Tensor, need_weights: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
         """``query`` [B, N, d], ``context`` [B, M, d] -> (output [B, N, d], attention [B, N, M]
-        averaged over heads)."""
+        averaged over heads, or None without ``need_weights``).
+
+        Without ``need_weights`` the fused kernel runs and no [N, M] map is stored: what
+        ``prompters: acp`` needs, whose context is the N auxiliary tokens themselves."""
         b, n, d = query.shape
         m = context.shape[1]
         h = self.heads
         q = self.q(query).view(b, n, h, d // h).transpose(1, 2)
         k, v = self.kv(context).view(b, m, 2, h, d // h).permute(2, 0, 3, 1, 4)
+        if not need_weights:
+            out = F.scaled_dot_product_attention(q, k, v)
+            return self.proj(out.transpose(1, 2).reshape(b, n, d)), None
         attn = torch.softmax(q @ k.transpose(-2, -1) * (d // h) ** -0.5, dim=-1)  # [B, h, N, M]
         out = (attn @ v).transpose(1, 2).reshape(b, n, d)
         return self.proj(out), attn.mean(dim=1)
+
+    def self_attend(self, tokens: Tensor) -> Tensor:
+        """Self-attention of [B, T, d] tokens with the same weights (``cup_attention: self``):
+        O(T^2) compute, the fused kernel keeps memory at O(T)."""
+        return self.forward(tokens, tokens, need_weights=False)[0]
 
 
 @dataclass
@@ -73,19 +109,56 @@ class CUPOutput:
     prompts: Tensor  # grouped prompts P [B, K, d], read by ACP
     logits: Tensor  # assignment logits [B, N, K] (class-aware loss, alignment target)
     assignment: Tensor  # assignment weights [B, N, K] (one-hot when hard)
+    class_tokens_in: Tensor  # class tokens before CUP's attention [B, K, d] (scene context)
+
+    def context(self) -> CUPContext:
+        """This step's window-level quantities, to be reused for other windows."""
+        return CUPContext(
+            self.class_tokens_in.detach(), self.class_tokens.detach(), self.prompts.detach()
+        )
+
+
+@dataclass
+class CUPContext:
+    """CUP's window-level quantities at one point, taken from another pass (the scene).
+
+    Everything else CUP computes is per token (assignment, token update), so with these
+    fixed a token's result no longer depends on which window it was predicted in.
+    """
+
+    class_tokens_in: Tensor  # [1, K, d]: class tokens before attention (self-attention form)
+    class_tokens: Tensor  # [1, K, d]: class tokens after attention (assignment keys)
+    prompts: Tensor  # [1, K, d]: grouped prompts (ACP keys/values, token update)
+
+    def to(self, device: torch.device | str) -> CUPContext:
+        return CUPContext(*(t.to(device) for t in dataclasses.astuple(self)))
 
 
 class CUP(nn.Module):
     """Class-aware Uni-modal Prompter: groups auxiliary tokens around K class tokens.
 
     1. The class tokens (this point's learnable tokens plus those carried from the
-       previous point) attend to the auxiliary tokens: C' = C + Attn(C, Z).
-    2. Each auxiliary token is assigned to one class token (``assign``).
+       previous point) attend to the auxiliary tokens: C' = C + Attn(C, Z)
+       (``attention="cross"``, O(N*K)). ``attention="self"`` is the other published
+       reading: self-attention over [C; Z], which also updates every auxiliary token from
+       every other one, O((N+K)^2) (fused kernel: memory O(N+K), compute quadratic).
+    2. Each auxiliary token is assigned to one class token (``assign``). The logits are
+       q.k / sqrt(d) (``scale=None``), or ``scale * cos(q, k)`` (``ModelConfig.assign_scale``):
+       bounded, so that the straight-through gradient of hard assignment cannot drive
+       them to 25-100, as it does unbounded (measured: RESULTS.md, paper ablations).
     3. The grouped prompts are the assignment-weighted means of the auxiliary tokens plus
        the updated class tokens: P = C' + sum_n a_nk Z_n / sum_n a_nk.
     4. Each auxiliary token receives its group's prompt: Z' = Z + W (a P), so the tokens
        carried to the next point, and hence the prompts, change with depth. The last
        prompted point has nothing to carry to (``carry=False``) and skips this step.
+
+    Steps 1 and 3 are the only ones that look at the whole window. With a ``context``
+    (`CUPContext` from a whole-scene pass) C' and P are taken from it instead, and the
+    result at a token depends only on that token (``cup_context: scene``).
+
+    ``tau`` and ``noise`` are set by the training schedule
+    (`GoPTSegmenter.set_progress`); in eval mode ``tau_final`` is used (and hard assignment
+    is the argmax), so a model predicts as it will at the end of training.
     """
 
     def __init__(
@@ -96,10 +169,18 @@ class CUP(nn.Module):
         assignment: str = "hard",
         tau: float = 1.0,
         carry: bool = True,
+        attention: str = "cross",
+        scale: float | None = None,
     ) -> None:
         super().__init__()
+        if attention not in ("cross", "self"):
+            raise ValueError(f"CUP attention must be 'cross' or 'self', got {attention!r}")
         self.assignment = assignment
+        self.attention = attention
+        self.scale = scale
         self.tau = tau
+        self.tau_final = tau
+        self.noise = 1.0
         self.class_tokens = nn.Parameter(torch.zeros(num_groups, dim))
         nn.init.trunc_normal_(self.class_tokens, std=0.02)
         self.norm_aux = nn.LayerNorm(dim)
@@ -109,47 +190,82 @@ class CUP(nn.Module):
         self.assign_k = nn.Linear(dim, dim)
         self.update = nn.Linear(dim, dim) if carry else None
 
-    def forward(self, aux: Tensor, carried: Tensor | None = None) -> CUPOutput:
+    def forward(
+        self, aux: Tensor, carried: Tensor | None = None, context: CUPContext | None = None
+    ) -> CUPOutput:
         b = aux.shape[0]
-        cls = self.class_tokens.unsqueeze(0).expand(b, -1, -1)
-        if carried is not None:
-            cls = cls + carried
+        if context is None:
+            cls_in = self.class_tokens.unsqueeze(0).expand(b, -1, -1)
+            if carried is not None:
+                cls_in = cls_in + carried
+        else:
+            cls_in = context.class_tokens_in.expand(b, -1, -1)
         z = self.norm_aux(aux)
-        cls = cls + self.attn(self.norm_cls(cls), z)[0]
-        logits = self.assign_q(z) @ self.assign_k(self.norm_cls(cls)).transpose(1, 2)
-        logits = logits * aux.shape[-1] ** -0.5  # [B, N, K]
-        weights = assign(logits, self.assignment, self.tau, self.training)
-        mass = weights.sum(dim=1).unsqueeze(-1)  # [B, K, 1]
-        grouped = weights.transpose(1, 2) @ aux / (mass + 1e-6)  # [B, K, d]
-        prompts = cls + grouped
+        if self.attention == "self":
+            k = cls_in.shape[1]
+            out = self.attn.self_attend(torch.cat([self.norm_cls(cls_in), z], dim=1))
+            cls = cls_in + out[:, :k]
+            aux = aux + out[:, k:]
+            z = self.norm_aux(aux)
+        elif context is None:
+            cls = cls_in + self.attn(self.norm_cls(cls_in), z)[0]
+        if context is not None:
+            cls = context.class_tokens.expand(b, -1, -1)
+        q, k = self.assign_q(z), self.assign_k(self.norm_cls(cls))
+        if self.scale is None:
+            logits = q @ k.transpose(1, 2) * aux.shape[-1] ** -0.5  # [B, N, K]
+        else:  # bounded: |logit| <= scale
+            logits = self.scale * F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(1, 2)
+        tau = self.tau if self.training else self.tau_final
+        weights = assign(logits, self.assignment, tau, self.training, self.noise)
+        if context is None:
+            mass = weights.sum(dim=1).unsqueeze(-1)  # [B, K, 1]
+            grouped = weights.transpose(1, 2) @ aux / (mass + 1e-6)  # [B, K, d]
+            prompts = cls + grouped
+        else:
+            prompts = context.prompts.expand(b, -1, -1)
         if self.update is not None:
             aux = aux + self.update(weights @ prompts)
-        return CUPOutput(aux, cls, prompts, logits, weights)
+        return CUPOutput(aux, cls, prompts, logits, weights, cls_in)
 
 
 class Projection(nn.Module):
     """Down (backbone width D -> d_p) and up (d_p -> D) projections for ACP.
 
     These dominate the prompter budget at ViT-B width (2 * 768 * d_p each), so GoPT can
-    share one pair between all injection points of the same width."""
+    share one pair between all injection points of the same width. A direction nothing
+    reads is not built (``prompters: cup`` never projects down): an unused parameter
+    would only cost memory and break distributed training's gradient bookkeeping."""
 
-    def __init__(self, width: int, dim: int) -> None:
+    def __init__(self, width: int, dim: int, down: bool = True, up: bool = True) -> None:
         super().__init__()
-        self.down = nn.Linear(width, dim)
-        self.up = nn.Linear(dim, width)
+        self.down = nn.Linear(width, dim) if down else None
+        self.up = nn.Linear(dim, width) if up else None
 
 
 class ProjectionBank(nn.Module):
     """The ACP projections of all prompted points: one per backbone width when shared
-    (the default, which keeps ViT-B under the 1% budget), one per point otherwise."""
+    (the default, which keeps ViT-B under the 1% budget), one per point otherwise.
 
-    def __init__(self, widths: dict[int, int], dim: int, shared: bool = True) -> None:
+    ``down=False`` builds no down projections; ``up_points`` (None: all) names the points
+    that project up, so that a shared projection has an up half only if one of its points
+    uses it."""
+
+    def __init__(
+        self,
+        widths: dict[int, int],
+        dim: int,
+        shared: bool = True,
+        down: bool = True,
+        up_points: Collection[int] | None = None,
+    ) -> None:
         super().__init__()
         self.key_of = {i: (f"w{w}" if shared else f"p{i}") for i, w in widths.items()}
+        up_keys = {key for i, key in self.key_of.items() if up_points is None or i in up_points}
         self.bank = nn.ModuleDict()
         for i, key in self.key_of.items():
             if key not in self.bank:
-                self.bank[key] = Projection(widths[i], dim)
+                self.bank[key] = Projection(widths[i], dim, down, key in up_keys)
 
     def for_point(self, index: int) -> Projection:
         return self.bank[self.key_of[index]]
@@ -169,7 +285,7 @@ def prompted_points(strides: list[int], every: int, min_stride: int = 1) -> list
 @dataclass
 class ACPOutput:
     rgb: Tensor  # RGB tokens with the gated prompt answer added [B, N, D]
-    attention: Tensor  # RGB tokens' attention over the prompts [B, N, K]
+    attention: Tensor | None  # RGB tokens' attention over the prompts [B, N, K]
 
 
 class ACP(nn.Module):
@@ -183,7 +299,7 @@ class ACP(nn.Module):
     query. With RGB alone, every location chooses among the K prompts by what it looks
     like optically; where the optical signal is gone (cloud), all locations ask the same
     question and get the same answer, so no per-location SAR information can reach the
-    RGB stream. ``query="rgb"`` is the pure form, kept for the ablation.
+    RGB stream. ``query="rgb"`` is the pure form (the paper's, configs/whu-os-paper.yaml).
     """
 
     def __init__(self, width: int, dim: int, heads: int, query: str = "rgb+aux") -> None:
@@ -198,28 +314,65 @@ class ACP(nn.Module):
         self.gate = nn.Parameter(torch.zeros(width))
 
     def forward(
-        self, rgb: Tensor, prompts: Tensor, projection: Projection, aux: Tensor | None = None
+        self,
+        rgb: Tensor,
+        prompts: Tensor,
+        projection: Projection,
+        aux: Tensor | None = None,
+        need_weights: bool = True,
     ) -> ACPOutput:
+        assert projection.down is not None and projection.up is not None
         query = projection.down(self.norm_rgb(rgb))
         if self.norm_aux is not None:
             if aux is None:
                 raise ValueError("ACP with query='rgb+aux' needs the auxiliary tokens")
             query = query + self.norm_aux(aux)
-        answer, attention = self.attn(query, self.norm_prompt(prompts))
+        answer, attention = self.attn(query, self.norm_prompt(prompts), need_weights)
         return ACPOutput(rgb + self.gate * projection.up(answer), attention)
+
+
+class GroupInjection(nn.Module):
+    """``prompters: cup`` (CUP without ACP): each RGB token receives the prompt of the group
+    its co-located auxiliary token was assigned to, X' = X + gate * up(LN(a P)).
+
+    The RGB token has no say in which prompt it gets (no cross-modal query): that is what
+    removing ACP means. Zero-initialised gate, as ACP's."""
+
+    def __init__(self, width: int, dim: int) -> None:
+        super().__init__()
+        self.norm_prompt = nn.LayerNorm(dim)
+        self.gate = nn.Parameter(torch.zeros(width))
+
+    def forward(self, rgb: Tensor, cup: CUPOutput, projection: Projection) -> Tensor:
+        assert projection.up is not None
+        own = cup.assignment @ cup.prompts  # [B, N, d]: each token's group prompt
+        return rgb + self.gate * projection.up(self.norm_prompt(own))
 
 
 @dataclass
 class PromptStep:
-    """Result of one grouping prompter: new RGB tokens and the state for the next point."""
+    """Result of one grouping prompter: new RGB tokens and the state for the next point.
+
+    ``cup`` is None with ``prompters: acp``; ``attention`` (ACP's, the alignment loss's
+    input) is None with ``prompters: cup`` and ``prompters: acp``."""
 
     rgb: Tensor
-    cup: CUPOutput
-    attention: Tensor
+    cup: CUPOutput | None
+    attention: Tensor | None
+
+
+#: ``ModelConfig.prompters`` values: which of CUP and ACP a grouping prompter has.
+PROMPTER_PARTS = ("cup+acp", "cup", "acp")
 
 
 class GroupingPrompter(nn.Module):
-    """CUP then ACP at one injection point."""
+    """CUP then ACP at one injection point; ``parts`` removes one (the paper's ablation).
+
+    - ``cup+acp``: CUP groups the auxiliary tokens, ACP lets the RGB tokens query the groups.
+    - ``cup``: CUP, then each RGB token gets its own group's prompt (`GroupInjection`).
+    - ``acp``: no grouping; the RGB tokens query the N auxiliary tokens directly (O(N^2),
+      fused attention kernel, no attention map kept, hence no alignment loss).
+    """
 
     def __init__(
         self,
@@ -231,15 +384,38 @@ class GroupingPrompter(nn.Module):
         tau: float = 1.0,
         carry: bool = True,
         query: str = "rgb+aux",
+        parts: str = "cup+acp",
+        attention: str = "cross",
+        scale: float | None = None,
     ) -> None:
         super().__init__()
-        self.cup = CUP(dim, num_groups, heads, assignment, tau, carry)
-        self.acp = ACP(width, dim, heads, query)
+        if parts not in PROMPTER_PARTS:
+            raise ValueError(f"prompter parts must be one of {PROMPTER_PARTS}, got {parts!r}")
+        self.parts = parts
+        self.cup = (
+            CUP(dim, num_groups, heads, assignment, tau, carry, attention, scale)
+            if parts != "acp"
+            else None
+        )
+        if parts == "cup":
+            self.inject = GroupInjection(width, dim)
+        else:
+            self.acp = ACP(width, dim, heads, query)
 
     def forward(
-        self, rgb: Tensor, aux: Tensor, carried: Tensor | None, projection: Projection
+        self,
+        rgb: Tensor,
+        aux: Tensor,
+        carried: Tensor | None,
+        projection: Projection,
+        context: CUPContext | None = None,
     ) -> PromptStep:
-        cup = self.cup(aux, carried)
+        if self.cup is None:
+            acp = self.acp(rgb, aux, projection, aux, need_weights=False)
+            return PromptStep(acp.rgb, None, None)
+        cup = self.cup(aux, carried, context)
+        if self.parts == "cup":
+            return PromptStep(self.inject(rgb, cup, projection), cup, None)
         acp = self.acp(rgb, cup.prompts, projection, aux)
         return PromptStep(acp.rgb, cup, acp.attention)
 
@@ -256,6 +432,38 @@ class AuxEmbedding(nn.Module):
         x = self.proj(aux)
         grid = (x.shape[-2], x.shape[-1])
         return self.norm(x.flatten(2).transpose(1, 2)), grid
+
+
+class AuxToImage(nn.Module):
+    """``aux_path: backbone``: the auxiliary bands as a 3-channel image for the frozen stem.
+
+    A trainable 1x1 conv (3A + 3 parameters), initialised so that each of the three
+    channels is the mean of the normalised auxiliary bands: a SAR band is fed as a grey
+    image, the usual way to put a one-band image through an RGB-pretrained model."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, 3, kernel_size=1)
+        with torch.no_grad():
+            self.proj.weight.fill_(1.0 / in_channels)
+            self.proj.bias.zero_()
+
+    def forward(self, aux: Tensor) -> Tensor:
+        return self.proj(aux)
+
+
+class AuxStreamLink(nn.Module):
+    """``aux_path: backbone``, one prompted point: how CUP reads the auxiliary stream of the
+    frozen backbone and writes its update back.
+
+    Read: Z = down(LN(tokens)) (the projection shared per width, as ACP's). Write (points
+    that carry to a later point): tokens + gate * up(Z' - Z), zero-initialised gate, so the
+    auxiliary stream starts as the frozen backbone's own features of the auxiliary image."""
+
+    def __init__(self, width: int, carry: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.gate = nn.Parameter(torch.zeros(width)) if carry else None
 
 
 def resample_tokens(tokens: Tensor, grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
