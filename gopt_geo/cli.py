@@ -20,6 +20,23 @@ from .errors import GoptGeoError
 #: (repeated here so that the CLI does not import rasterio before it needs to).
 THREADS_ENV = "GOPT_GEO_THREADS"
 
+# Prediction options shared by `predict` and `predict-many` (declared once, same help).
+WindowOpt = Annotated[int, typer.Option(help="Window size in pixels.")]
+OverlapOpt = Annotated[float, typer.Option(help="Overlap between windows, 0 <= overlap < 1.")]
+BatchSizeOpt = Annotated[int, typer.Option(help="Windows per forward pass.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+ProbabilitiesOpt = Annotated[bool, typer.Option(help="Also write per-class probabilities.")]
+ConfidenceOpt = Annotated[bool, typer.Option(help="Write the confidence map.")]
+UncertaintyOpt = Annotated[
+    bool, typer.Option(help="Also write the uncertainty map (normalised entropy, 0..1).")
+]
+VectorOpt = Annotated[str, typer.Option(help="gpkg, parquet, geojson or none.")]
+MinAreaOpt = Annotated[
+    float, typer.Option(help="Merge regions smaller than this (m²) into their neighbours.")
+]
+SimplifyOpt = Annotated[float, typer.Option(help="Simplification tolerance in metres (0: none).")]
+
+
 app = typer.Typer(
     name="gopt-geo",
     help="Land-cover mapping from optical + SAR imagery with Grouping Prompt Tuning (GoPT).",
@@ -224,28 +241,16 @@ def predict(
         ),
     ] = None,
     out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="Output folder.")] = Path("."),
-    window: Annotated[int, typer.Option(help="Window size in pixels.")] = 512,
-    overlap: Annotated[
-        float, typer.Option(help="Overlap between windows, 0 <= overlap < 1.")
-    ] = 0.25,
-    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 4,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    probabilities: Annotated[
-        bool, typer.Option(help="Also write per-class probabilities.")
-    ] = False,
-    confidence: Annotated[bool, typer.Option(help="Write the confidence map.")] = True,
-    uncertainty: Annotated[
-        bool,
-        typer.Option(help="Also write the uncertainty map (normalised entropy, 0..1)."),
-    ] = False,
-    vector: Annotated[str, typer.Option(help="gpkg, parquet, geojson or none.")] = "gpkg",
-    min_area: Annotated[
-        float,
-        typer.Option(help="Merge regions smaller than this (m²) into their neighbours."),
-    ] = 0.0,
-    simplify: Annotated[
-        float, typer.Option(help="Simplification tolerance in metres (0: none).")
-    ] = 0.0,
+    window: WindowOpt = 512,
+    overlap: OverlapOpt = 0.25,
+    batch_size: BatchSizeOpt = 4,
+    device: DeviceOpt = "auto",
+    probabilities: ProbabilitiesOpt = False,
+    confidence: ConfidenceOpt = True,
+    uncertainty: UncertaintyOpt = False,
+    vector: VectorOpt = "gpkg",
+    min_area: MinAreaOpt = 0.0,
+    simplify: SimplifyOpt = 0.0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -416,28 +421,16 @@ def predict_many(
     retries: Annotated[
         int, typer.Option(help="Tries again for network or worker failures (not bad inputs).")
     ] = 2,
-    window: Annotated[int, typer.Option(help="Window size in pixels.")] = 512,
-    overlap: Annotated[
-        float, typer.Option(help="Overlap between windows, 0 <= overlap < 1.")
-    ] = 0.25,
-    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 4,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    probabilities: Annotated[
-        bool, typer.Option(help="Also write per-class probabilities.")
-    ] = False,
-    confidence: Annotated[bool, typer.Option(help="Write the confidence map.")] = True,
-    uncertainty: Annotated[
-        bool,
-        typer.Option(help="Also write the uncertainty map (normalised entropy, 0..1)."),
-    ] = False,
-    vector: Annotated[str, typer.Option(help="gpkg, parquet, geojson or none.")] = "gpkg",
-    min_area: Annotated[
-        float,
-        typer.Option(help="Merge regions smaller than this (m²) into their neighbours."),
-    ] = 0.0,
-    simplify: Annotated[
-        float, typer.Option(help="Simplification tolerance in metres (0: none).")
-    ] = 0.0,
+    window: WindowOpt = 512,
+    overlap: OverlapOpt = 0.25,
+    batch_size: BatchSizeOpt = 4,
+    device: DeviceOpt = "auto",
+    probabilities: ProbabilitiesOpt = False,
+    confidence: ConfidenceOpt = True,
+    uncertainty: UncertaintyOpt = False,
+    vector: VectorOpt = "gpkg",
+    min_area: MinAreaOpt = 0.0,
+    simplify: SimplifyOpt = 0.0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar over scenes.")] = True,
 ) -> None:
     """Map many scenes on a Dask cluster (local or existing): one task per scene, resumable;
