@@ -21,6 +21,8 @@ import logging
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -536,6 +538,8 @@ def train(
         default_root_dir=str(out),
     )
     start = time.perf_counter()
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
         trainer.fit(task, datamodule=dm, ckpt_path=str(last) if resume else None)
     except SystemExit:
@@ -544,6 +548,11 @@ def train(
         if trainer.interrupted:
             raise KeyboardInterrupt from None
         raise
+    finally:
+        # Lightning ignores Ctrl-C for good after an interruption; the caller (a notebook,
+        # a test process) gets its handler back
+        if main_thread and sigint is not None:
+            signal.signal(signal.SIGINT, sigint)
     seconds = time.perf_counter() - start
     metrics = {k: v.to_dict() for k, v in getattr(task, "last_metrics", {}).items()}
     if metrics and primary:

@@ -154,3 +154,14 @@ if _ROOT not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (_ROOT, os.environ.get("PYTHONPATH", "")) if p
     )
+
+
+@pytest.fixture(autouse=True)
+def default_signal_handlers() -> None:
+    """Every test starts with Python's own SIGINT/SIGTERM handling (a library that
+    changed them in an earlier test must not decide how a later one is interrupted;
+    subprocesses inherit an ignored signal)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
