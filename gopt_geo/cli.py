@@ -22,7 +22,20 @@ THREADS_ENV = "GOPT_GEO_THREADS"
 
 # Prediction options shared by `predict` and `predict-many` (declared once, same help).
 WindowOpt = Annotated[int, typer.Option(help="Window size in pixels.")]
-OverlapOpt = Annotated[float, typer.Option(help="Overlap between windows, 0 <= overlap < 1.")]
+OverlapOpt = Annotated[
+    float,
+    typer.Option(
+        help="Overlap between windows, 0 <= overlap < 1, blended "
+        "(the margin makes it rarely needed)."
+    ),
+]
+MarginOpt = Annotated[
+    str,
+    typer.Option(
+        help="Pixels of scene read around each window as context and cut off again "
+        "(0 to the window), or auto (64, at most half the window).",
+    ),
+]
 BatchSizeOpt = Annotated[int, typer.Option(help="Windows per forward pass.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 ProbabilitiesOpt = Annotated[bool, typer.Option(help="Also write per-class probabilities.")]
@@ -242,7 +255,8 @@ def predict(
     ] = None,
     out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="Output folder.")] = Path("."),
     window: WindowOpt = 512,
-    overlap: OverlapOpt = 0.25,
+    overlap: OverlapOpt = 0.0,
+    margin: MarginOpt = "auto",
     batch_size: BatchSizeOpt = 4,
     device: DeviceOpt = "auto",
     probabilities: ProbabilitiesOpt = False,
@@ -263,6 +277,7 @@ def predict(
     options = PredictOptions(
         window=window,
         overlap=overlap,
+        margin=margin,
         batch_size=batch_size,
         probabilities=probabilities,
         confidence=confidence,
@@ -422,7 +437,8 @@ def predict_many(
         int, typer.Option(help="Tries again for network or worker failures (not bad inputs).")
     ] = 2,
     window: WindowOpt = 512,
-    overlap: OverlapOpt = 0.25,
+    overlap: OverlapOpt = 0.0,
+    margin: MarginOpt = "auto",
     batch_size: BatchSizeOpt = 4,
     device: DeviceOpt = "auto",
     probabilities: ProbabilitiesOpt = False,
@@ -445,6 +461,7 @@ def predict_many(
     options = PredictOptions(
         window=window,
         overlap=overlap,
+        margin=margin,
         batch_size=batch_size,
         probabilities=probabilities,
         confidence=confidence,

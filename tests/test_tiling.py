@@ -38,7 +38,7 @@ def batches_of(
     image: np.ndarray, valid: np.ndarray, plan: WindowPlan, batch_size: int, log: list | None = None
 ) -> Iterator[tuple[list, np.ndarray, np.ndarray]]:
     """What a reader hands the tiling: windows in plan order, batch by batch."""
-    windows = plan.windows()
+    windows = plan.read_windows()  # the windows themselves when there is no margin
     for i in range(0, len(windows), batch_size):
         group = windows[i : i + batch_size]
         cut = [
@@ -55,11 +55,17 @@ def batches_of(
 
 
 def run(
-    image: np.ndarray, valid: np.ndarray, window: int, overlap: float, batch_size: int = 3, **kw
+    image: np.ndarray,
+    valid: np.ndarray,
+    window: int,
+    overlap: float,
+    batch_size: int = 3,
+    margin: int = 0,
+    **kw,
 ) -> tuple[list[int], np.ndarray, np.ndarray]:
     """Row starts, and the rows put together: logits [K, H, W] and validity [H, W]."""
     height, width = valid.shape
-    plan = WindowPlan.for_grid(height, width, window, overlap)
+    plan = WindowPlan.for_grid(height, width, window, overlap, margin)
     starts, logits, valids = [], [], []
     for row0, rows, ok in stream_rows(
         plan, batches_of(image, valid, plan, batch_size), pointwise, K, "cpu", **kw
@@ -91,6 +97,26 @@ def test_pointwise_model_gives_the_per_pixel_result(
     expected = pointwise(torch.from_numpy(image)[None], torch.from_numpy(valid)[None])[0].numpy()
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(logits.argmax(0), expected.argmax(0))
+    np.testing.assert_array_equal(ok, valid)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "window", "overlap", "margin"),
+    [
+        (130, 170, 32, 0.5, 8),
+        (97, 61, 16, 0.75, 16),  # the largest margin a 16-pixel window takes
+        (40, 50, 64, 0.25, 32),  # smaller than a window: the margin clipped to nothing
+        (70, 200, 48, 0.0, 20),  # enlarged windows taller than the grid: clipped to it
+    ],
+)
+def test_margin_keeps_the_pointwise_result_and_the_validity(
+    height: int, width: int, window: int, overlap: float, margin: int
+) -> None:
+    """Only the cores are blended: the margins' pixels and validity change nothing."""
+    image, valid = scene(height, width)
+    _, logits, ok = run(image, valid, window, overlap, margin=margin)
+    expected = pointwise(torch.from_numpy(image)[None], torch.from_numpy(valid)[None])[0].numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(ok, valid)
 
 

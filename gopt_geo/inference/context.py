@@ -11,7 +11,12 @@ then uses those: the prediction at a pixel depends only on the pixels in the bac
 receptive field. That receptive field remains: on EfficientNet-Lite0 at window 128 the
 frozen backbone alone agrees with a whole-scene pass on 85 % of the pixels, GoPT on
 91-93 % with per-window groups and 94-95 % with scene groups (RESULTS.md, paper
-ablations), so the window size and overlap matter more than this switch.
+ablations), so the window size and overlap matter more than this switch. What closes
+the gap is the tiling's margin (``PredictOptions.margin``, :mod:`.tiling`): each window
+read with real pixels around it instead of zero padding. On the demo model at window
+128 a 64-pixel margin gives 99.1 % with per-window groups and 99.6 % with scene groups
+(benchmarks/window_independence.py); the two work together, the margin for the
+receptive field, this switch for CUP's groups.
 
 The predictor calls :func:`scene_context` once per scene, before the first window, and
 passes the result to ``model(rgb, aux, context=...)`` for every batch of windows.

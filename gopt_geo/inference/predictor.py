@@ -5,7 +5,8 @@ with and maps scenes with it. Each part lives in its own module, so that each ca
 tested and changed alone: :class:`~gopt_geo.inference.reader.SceneReader` reads windows
 (SAR warped on the fly, one batch read ahead on a thread),
 :func:`~gopt_geo.inference.tiling.stream_rows` blends the model's windows into finished
-rows while holding one strip of rows (memory flat in the scene's height, design §6),
+rows while holding one strip of rows (memory flat in the scene's height, design §6;
+each window is read with a margin of context that the tiling cuts off again),
 :class:`~gopt_geo.inference.outputs.OutputSet` writes those rows as COGs,
 :func:`~gopt_geo.inference.vectorize.write_polygons` polygonises the class map,
 :mod:`~gopt_geo.inference.quicklook` draws it beside the optical image,
@@ -202,7 +203,9 @@ class Predictor:
         with outputs:  # every file under a temporary name until the set is committed
             with SceneReader(scene, sar, reader_routing) as reader:
                 grid = reader.grid
-                plan = WindowPlan.for_grid(grid.height, grid.width, options.window, options.overlap)
+                plan = WindowPlan.for_grid(
+                    grid.height, grid.width, options.window, options.overlap, options.margin_pixels
+                )
                 inputs = reader.describe()
                 outputs.open(grid)
                 self._map(reader, plan, outputs, options, pad_sar)
@@ -331,7 +334,8 @@ class Predictor:
             return
         bar = tqdm(total=len(plan), unit="window", desc="predict", disable=not options.progress)
         context = scene_context(reader, self.model)  # None unless model.cup_context == "scene"
-        batches = reader.batches(plan.windows(), options.batch_size)
+        # each window with its margin of context; the tiling keeps the window (its core)
+        batches = reader.batches(plan.read_windows(), options.batch_size)
         forward = functools.partial(self._infer, pad_sar=pad_sar, context=context)
         rows = stream_rows(
             plan,

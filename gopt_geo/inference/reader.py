@@ -13,7 +13,10 @@ or the pixel lies outside the SAR footprint; NaN in any band is nodata.
 
 :meth:`SceneReader.batches` reads batches of windows one ahead on a thread, so that reading
 (and warping) overlaps the model; the tiling (:mod:`gopt_geo.inference.tiling`) consumes
-them without knowing where they came from.
+them without knowing where they came from. The windows it is given are the tiling's
+enlarged windows (each window with its margin of context,
+:meth:`~gopt_geo.inference.tiling.WindowPlan.read_windows`): always inside the grid and
+of one size, so no read is boundless and every batch stacks.
 
 Inputs are anything GDAL opens (:func:`gopt_geo.io.open_raster`): local files and VRTs,
 URLs read by byte ranges (``https://`` through ``/vsicurl/``, ``s3://`` through

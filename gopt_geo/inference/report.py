@@ -95,6 +95,10 @@ def build_report(
             "window": plan.window,
             "overlap": plan.overlap,
             "stride": plan.stride,
+            "margin": plan.margin,
+            "model_pixels_per_scene_pixel": round(
+                plan.model_pixels / (plan.width * plan.height), 3
+            ),
             "batch_size": batch_size,
             "windows": stats.windows,
             "blend": "separable Hann (sin^2) weight on logits",
