@@ -46,6 +46,8 @@ SECTIONS = (
     "demo",
     "predict_many",
     "paper_ablations",
+    "window_independence",
+    "channels_last",
 )
 
 HEADER = """# gopt-geo benchmarks

@@ -9,6 +9,9 @@ segmentation task, and why:
   backbone is rebuilt from its weights, as in the adapter file;
 - inputs are split and normalised by the run's :class:`BandRouting`, the same code the
   predictor uses;
+- a frozen ViT is activation-checkpointed (``train.checkpoint_backbone``): with
+  prompters between all its blocks, backward runs through every frozen block, and
+  keeping their activations would cost nearly what full fine-tuning costs;
 - validation metrics come from one confusion matrix (:mod:`gopt_geo.evaluation`), and
   the adapter file of the best validation epoch is written as training goes.
 """
@@ -89,6 +92,7 @@ class GoPTTask(BaseTask):
         class_aware_weight: float = 0.1,
         alignment_weight: float = 0.1,
         flips: bool = True,
+        checkpoint_backbone: bool | str = "auto",
     ) -> None:
         self.routing = BandRouting.from_dict(routing)
         self.scheme = ClassScheme.from_dict(classes)
@@ -98,6 +102,8 @@ class GoPTTask(BaseTask):
     # -- torchgeo BaseTask hooks --------------------------------------------------------
     def configure_models(self) -> None:
         self.model = build_model(ModelConfig(**self.hparams["model"]))
+        # only a training forward (grad enabled) checkpoints; validation is unaffected
+        self.model.set_backbone_checkpointing(self.hparams.get("checkpoint_backbone", "auto"))
 
     def configure_losses(self) -> None:
         weights = self.hparams["class_weights"]
@@ -469,6 +475,7 @@ def train(
         class_weights=cfg.train.class_weights,
         class_aware_weight=cfg.train.class_aware_weight,
         alignment_weight=cfg.train.alignment_weight,
+        checkpoint_backbone=cfg.train.checkpoint_backbone,
     )
     report = task.model.parameter_report()
     adapter_path = out / "adapter.safetensors"

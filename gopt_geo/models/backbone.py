@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from timm.models import load_state_dict as timm_load_state_dict
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from gopt_geo.compat import timm_adapt_input_conv, timm_module_list, timm_vit_pos_embed
 from gopt_geo.errors import InputError
@@ -35,6 +36,11 @@ RANDOM_SEED = 0
 
 #: ``inject(point_index, tokens [B, N, C], grid (h, w)) -> tokens``: rewrites the RGB tokens.
 InjectFn = Callable[[int, Tensor, tuple[int, int]], Tensor]
+
+#: Whether a frozen CNN backbone runs in channels_last (NHWC) memory format unless told
+#: otherwise: measured faster for EfficientNet-Lite0 on CPU, in prediction and in training
+#: (benchmarks/channels_last.py), with the same results to float precision.
+CHANNELS_LAST_DEFAULT = True
 
 
 class RandomBackboneWarning(UserWarning):
@@ -258,9 +264,13 @@ class FrozenBackbone(nn.Module):
             )
         self.model = model
         self._sha256: str | None = None
+        self.checkpointing = False
+        self.channels_last = False
         if frozen:
             self.model.requires_grad_(False)
             self.model.eval()
+            if CHANNELS_LAST_DEFAULT and self.supports_channels_last:
+                self.set_channels_last(True)
 
     # construction -----------------------------------------------------------------
 
@@ -296,8 +306,9 @@ class FrozenBackbone(nn.Module):
             )
         self._sequence = modules  # plain list: the modules are registered under self.model
         # Swin-style models hand NHWC maps from stage to stage, CNNs NCHW
-        self._channels_last = getattr(model, "output_fmt", "NCHW") == "NHWC"
+        self._nhwc_maps = getattr(model, "output_fmt", "NCHW") == "NHWC"
         self._point_of = {n: i for i, n in enumerate(names)}
+        self._segments = _segments(modules, self._point_of)
         self.injection_points = [
             InjectionPoint(f["module"], int(f["num_chs"]), int(f["reduction"])) for f in info
         ]
@@ -311,6 +322,44 @@ class FrozenBackbone(nn.Module):
         """A frozen backbone stays in eval mode: its batch-norm statistics and dropout are
         part of the pretrained model, not of what GoPT trains."""
         return super().train(mode and not self.frozen)
+
+    def set_checkpointing(self, enabled: bool) -> None:
+        """Activation checkpointing of the frozen blocks between injection points.
+
+        On, a training forward (grad enabled, tokens that need a gradient because a
+        trainable prompter sits upstream) keeps only each segment's input and recomputes
+        the segment in backward: the same gradients for about one more backbone forward,
+        without the frozen blocks' activations (attention maps, MLP and depthwise
+        expansions) held from forward to backward. Prediction and validation (no grad)
+        are unaffected. A trained backbone is refused: its batch-norm layers in train mode
+        would update their running statistics again in the recomputation.
+        """
+        if enabled and not self.frozen:
+            raise InputError(
+                f"backbone {self.name}: activation checkpointing needs a frozen backbone "
+                "(this one is fine-tuned; recomputation would update its batch-norm "
+                "statistics twice)"
+            )
+        self.checkpointing = bool(enabled)
+
+    @property
+    def supports_channels_last(self) -> bool:
+        """Convolutional stage models (not ViTs, not NHWC-native Swin-style models)."""
+        return self.kind == "stages" and not self._nhwc_maps
+
+    def set_channels_last(self, enabled: bool) -> None:
+        """Hold the weights, and run the feature maps, in channels_last (NHWC) order.
+
+        Only for convolutional stage models (`supports_channels_last`): oneDNN's NHWC
+        convolutions (depthwise ones above all) beat NCHW on CPU, and an injection
+        point's [B, N, C] tokens are then a free view of the map instead of a copy. The
+        weights' values and `weights_sha256` do not change.
+        """
+        if enabled and not self.supports_channels_last:
+            raise ValueError(f"backbone {self.name}: channels_last is for convolutional stages")
+        fmt = torch.channels_last if enabled else torch.contiguous_format
+        self.model.to(memory_format=fmt)
+        self.channels_last = bool(enabled)
 
     @property
     def weights_sha256(self) -> str:
@@ -352,6 +401,14 @@ class FrozenBackbone(nn.Module):
             return self._forward_vit(x, inject)
         return self._forward_stages(x, inject)
 
+    def _run(self, segment: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """Run one segment of frozen modules, checkpointed when that saves memory: only
+        when its input needs a gradient (a prompter upstream) and grad is enabled;
+        otherwise autograd keeps nothing of it anyway."""
+        if self.checkpointing and x.requires_grad and torch.is_grad_enabled():
+            return checkpoint(segment, x, use_reentrant=False)
+        return segment(x)
+
     def _forward_vit(self, x: Tensor, inject: InjectFn | None) -> list[Tensor]:
         m = self.model
         x = m.patch_embed(x)  # [B, h, w, D] (dynamic_img_size)
@@ -361,7 +418,8 @@ class FrozenBackbone(nn.Module):
         features = []
         last_point = len(self.injection_points) - 1
         for i, block in enumerate(m.blocks):
-            x = block(x)
+            # every block lies between two injection points: each is one segment
+            x = self._run(block, x)
             if inject is not None and i <= last_point:
                 tokens = inject(i, x[:, prefix:], (h, w))
                 x = torch.cat([x[:, :prefix], tokens], dim=1)
@@ -371,19 +429,34 @@ class FrozenBackbone(nn.Module):
         return features
 
     def _forward_stages(self, x: Tensor, inject: InjectFn | None) -> list[Tensor]:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         outputs: list[Tensor] = []
-        for name, module in self._sequence:
-            x = module(x)
-            index = self._point_of.get(name)
-            if index is None:
-                continue
-            if self._channels_last:
+        for segment, index in self._segments:
+            x = self._run(segment, x)
+            if self._nhwc_maps:
                 x = x.permute(0, 3, 1, 2)
             if inject is not None:
                 b, c, h, w = x.shape
                 tokens = inject(index, x.flatten(2).transpose(1, 2), (h, w))
                 x = tokens.transpose(1, 2).reshape(b, c, h, w)
             outputs.append(x)
-            if self._channels_last:
+            if self._nhwc_maps:
                 x = x.permute(0, 2, 3, 1)
         return [outputs[i] for i in self.feature_blocks]
+
+
+def _segments(
+    modules: list[tuple[str, nn.Module]], point_of: dict[str, int]
+) -> list[tuple[nn.Sequential, int]]:
+    """The stage sequence cut after every injection point: (the modules since the previous
+    point, run in order, and the index of the point they end at). A plain list of
+    Sequentials that are not registered submodules: the state dict keeps timm's names."""
+    segments: list[tuple[nn.Sequential, int]] = []
+    pending: list[nn.Module] = []
+    for name, module in modules:
+        pending.append(module)
+        if name in point_of:
+            segments.append((nn.Sequential(*pending), point_of[name]))
+            pending = []
+    return segments

@@ -116,6 +116,34 @@ class SegmentationModel(nn.Module):
         would the whole scene; None for models whose windows need nothing (the default)."""
         return None
 
+    def set_backbone_checkpointing(self, mode: bool | str = "auto") -> bool:
+        """Activation checkpointing of the frozen backbone in training (``train.
+        checkpoint_backbone``): ``auto`` turns it on for a frozen ViT (without prompters
+        nothing upstream needs a gradient and it costs nothing), ``True`` asks for it on
+        any frozen backbone (refused for a fine-tuned one), ``False`` keeps every
+        activation. Returns whether it is on.
+
+        Why ``auto`` means ViTs only (benchmarks/training_cost.py, patch 256, batch 8):
+        prompters between all blocks make backward run through every frozen block, so
+        without it a ViT-S GoPT step keeps 0.78x the memory of full fine-tuning (0.52x
+        with it), for one more forward of the frozen blocks per step. A CNN keeps far
+        less (EfficientNet-Lite0: 0.50x without, 0.34x with), so there the recomputation
+        (1.06-1.17x the step time) buys little.
+        """
+        if not (isinstance(mode, bool) or mode == "auto"):
+            raise InputError(f"checkpoint_backbone must be auto, true or false, got {mode!r}")
+        if mode == "auto":
+            enabled = self.backbone.frozen and self.backbone.kind == "vit"
+        else:
+            enabled = bool(mode)
+        if enabled and not self.backbone.frozen:
+            raise InputError(
+                f"train.checkpoint_backbone: true needs a frozen backbone; {self.config.variant} "
+                "fine-tunes its backbone (use auto or false)"
+            )
+        self.backbone.set_checkpointing(enabled)
+        return enabled
+
     def set_progress(self, fraction: float) -> None:
         """Where training is (0 at the first step, 1 at the last), for models with a
         schedule (GoPT's assignment); the default has none."""
