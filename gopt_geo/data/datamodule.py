@@ -8,7 +8,9 @@
   be split); either way no patch is shared across splits;
 - label codes are checked against the class scheme before anything trains;
 - per-band statistics come from training patches only and end up in
-  :attr:`routing`, which the task stores in the adapter file.
+  :attr:`routing`, which the task stores in the adapter file;
+- each split's scenes are read into memory when its dataset is built, if they fit the
+  scene cache's budget (scenes.py), before any DataLoader worker is forked.
 """
 
 from __future__ import annotations
@@ -160,9 +162,15 @@ class OpticalSarDataModule(GeoDataModule):
         )
 
     def split_dataset(self, split: str) -> OpticalSarScenes:
-        """The dataset of one split, built (and its label codes checked) once."""
+        """The dataset of one split, built (and its label codes checked) once.
+
+        Its scene cache is built here, in this process, so that DataLoader workers forked
+        later (training, validation, ``evaluate``) share one copy instead of each reading
+        the scenes again."""
         if split not in self._datasets:
-            self._datasets[split] = self._build_split(split)
+            ds = self._build_split(split)
+            ds.build_scene_cache()
+            self._datasets[split] = ds
         return self._datasets[split]
 
     def _build_split(self, split: str) -> OpticalSarScenes:
