@@ -380,7 +380,7 @@ def demo(
         bool, typer.Option(help="Replace OUT even if it is not a previous demo's folder.")
     ] = False,
 ) -> None:
-    """Run the whole chain on synthetic cloudy scenes: GoPT vs the optical-only baseline."""
+    """Run the whole chain on synthetic cloudy scenes: GoPT vs the optical baselines."""
     from .demo import run_demo
 
     result = run_demo(out, fast=fast, overwrite=overwrite, device=device, log=_echo)

@@ -29,12 +29,12 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_demo_chain_runs_end_to_end(demo_dir: Path) -> None:
-    """Every step ran and left its output; the report scores both models overall and in
+    """Every step ran and left its output; the report scores every model overall and in
     clouds. (Whether GoPT wins is an accuracy claim: benchmarks/demo.py measures it.)"""
     report = json.loads((demo_dir / "report.json").read_text())
     for name in ("report.md", "comparison.png"):
         assert (demo_dir / name).stat().st_size > 0
-    for variant in ("gopt", "optical_only"):
+    for variant in ("gopt", "optical_only", "optical_all_bands"):
         files = report["models"][variant]["files"]
         for key in ("adapter", "class_map", "vector", "report"):
             assert (demo_dir / files[key]).stat().st_size > 0, (variant, key)
