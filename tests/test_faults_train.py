@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ def _sets(scenes: Path, out: Path) -> list[str]:
         "model.weights=random",
         "model.prompt_dim=16",
         "model.decoder_dim=16",
-        "train.epochs=30",
+        "train.epochs=1000",  # never reached: the run is killed (a later test may wait)
         "train.progress=false",
     ]
 
@@ -61,18 +62,35 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> Non
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize(
-    ("sig", "after"),
-    [
-        (signal.SIGKILL, "adapter.safetensors"),
-        (signal.SIGINT, "checkpoints/last.ckpt"),
-    ],
-)
+CASES = {
+    "kill_after_adapter": (signal.SIGKILL, "adapter.safetensors"),
+    "interrupt_after_checkpoint": (signal.SIGINT, "checkpoints/last.ckpt"),
+}
+
+
+@pytest.fixture(scope="module")
+def launched(
+    scenes: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, tuple[Path, subprocess.Popen]]]:
+    """Both trainings, started together when the module starts: each is one thread and
+    pays for its own interpreter and torch import, so on two cores they overlap."""
+    runs = {}
+    for name in CASES:
+        out = tmp_path_factory.mktemp(name) / "run"
+        runs[name] = (out, _start(scenes, out))
+    yield runs
+    for _, proc in runs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("case", list(CASES))
 def test_a_killed_training_leaves_a_run_that_can_be_taken_up(
-    scenes: Path, tmp_path: Path, sig: signal.Signals, after: str
+    scenes: Path, launched: dict[str, tuple[Path, subprocess.Popen]], case: str
 ) -> None:
-    out = tmp_path / "run"
-    proc = _start(scenes, out)
+    sig, after = CASES[case]
+    out, proc = launched[case]
     try:
         _wait_for(out / after, proc)
         time.sleep(0.3)  # into the next epoch (or its checkpoint write)
