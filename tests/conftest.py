@@ -16,9 +16,22 @@ import torch
 from rasterio.transform import from_origin
 from rasterio.warp import calculate_default_transform, reproject
 
+from gopt_geo.data.bands import BandRouting
+from gopt_geo.data.synthetic import OPTICAL_BANDS, SAR_BANDS
+
 torch.set_num_threads(1)
 
 UTM = "EPSG:32649"
+
+#: Routing of the synthetic scenes' bands with plausible statistics, for models whose
+#: adapters are made in a test rather than trained.
+SYNTH_ROUTING = BandRouting(
+    OPTICAL_BANDS,
+    SAR_BANDS,
+    rgb=("R", "G", "B"),
+    mean={"B": 600, "G": 800, "R": 700, "NIR": 2500, "VV": -10.0, "VH": -17.0},
+    std={"B": 300, "G": 300, "R": 350, "NIR": 900, "VV": 6.0, "VH": 6.0},
+)
 
 
 def write_raster(

@@ -19,6 +19,7 @@ import pytest
 import rasterio
 import shapely
 import torch
+from conftest import SYNTH_ROUTING
 from PIL import Image
 from pystac.extensions.classification import ClassificationExtension
 from pystac.extensions.file import FileExtension
@@ -50,13 +51,7 @@ from gopt_geo.models import ModelConfig, SegmentationOutput, build_model
 pytestmark = pytest.mark.filterwarnings("ignore::gopt_geo.models.RandomBackboneWarning")
 
 CLASSES = WHU_OPT_SAR_CLASSES
-ROUTING = BandRouting(
-    OPTICAL_BANDS,
-    SAR_BANDS,
-    rgb=("R", "G", "B"),
-    mean={"B": 600, "G": 800, "R": 700, "NIR": 2500, "VV": -10.0, "VH": -17.0},
-    std={"B": 300, "G": 300, "R": 350, "NIR": 900, "VV": 6.0, "VH": 6.0},
-)
+ROUTING = SYNTH_ROUTING
 NODATA = 255
 runner = CliRunner()
 

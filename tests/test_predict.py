@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from conftest import SYNTH_ROUTING
 from rasterio.enums import Resampling
 from rasterio.transform import from_origin
 from rasterio.warp import reproject
@@ -18,11 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from gopt_geo.checkpoint import save_adapter
-from gopt_geo.data.bands import BandRouting
 from gopt_geo.data.classes import CLASSES_TAG, WHU_OPT_SAR_CLASSES
 from gopt_geo.data.synthetic import (
-    OPTICAL_BANDS,
-    SAR_BANDS,
     SAR_NODATA,
     SceneFiles,
     make_scene,
@@ -36,13 +34,7 @@ from gopt_geo.models import ModelConfig, SegmentationOutput, build_model
 pytestmark = pytest.mark.filterwarnings("ignore::gopt_geo.models.RandomBackboneWarning")
 
 CLASSES = WHU_OPT_SAR_CLASSES
-ROUTING = BandRouting(
-    OPTICAL_BANDS,
-    SAR_BANDS,
-    rgb=("R", "G", "B"),
-    mean={"B": 600, "G": 800, "R": 700, "NIR": 2500, "VV": -10.0, "VH": -17.0},
-    std={"B": 300, "G": 300, "R": 350, "NIR": 900, "VV": 6.0, "VH": 6.0},
-)
+ROUTING = SYNTH_ROUTING
 NODATA = 255
 
 

@@ -16,11 +16,11 @@ import pytest
 import rasterio
 import torch
 import torch.nn.functional as F
+from conftest import SYNTH_ROUTING
 from rasterio.windows import Window
 
-from gopt_geo.data.bands import BandRouting
 from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
-from gopt_geo.data.synthetic import OPTICAL_BANDS, SAR_BANDS, make_scene
+from gopt_geo.data.synthetic import make_scene
 from gopt_geo.errors import InputError
 from gopt_geo.inference import PredictOptions, Predictor
 from gopt_geo.inference.tiling import AUTO_MARGIN, WindowPlan, stream_rows
@@ -194,13 +194,7 @@ def test_margin_option_forms() -> None:
 # ---------------------------------------------------------------------- end to end
 
 CLASSES = WHU_OPT_SAR_CLASSES
-ROUTING = BandRouting(
-    OPTICAL_BANDS,
-    SAR_BANDS,
-    rgb=("R", "G", "B"),
-    mean={"B": 600, "G": 800, "R": 700, "NIR": 2500, "VV": -10.0, "VH": -17.0},
-    std={"B": 300, "G": 300, "R": 350, "NIR": 900, "VV": 6.0, "VH": 6.0},
-)
+ROUTING = SYNTH_ROUTING
 
 
 def test_margin_brings_tiled_gopt_closer_to_the_whole_scene(tmp_path: Path) -> None:
