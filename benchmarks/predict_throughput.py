@@ -35,11 +35,25 @@ import _common as C  # noqa: E402
 WINDOW, OVERLAP, BATCH = 512, 0.0, 4
 
 
+def _options() -> Any:
+    """What every predict here runs with: the defaults, no vector output (item 8)."""
+    from gopt_geo.inference import PredictOptions
+
+    return PredictOptions(
+        window=WINDOW,
+        overlap=OVERLAP,
+        batch_size=BATCH,
+        vector=None,
+        overwrite=True,
+        progress=False,
+    )
+
+
 def _measure(args: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
-    from gopt_geo.inference import PredictOptions, Predictor
+    from gopt_geo.inference import Predictor
     from gopt_geo.inference.reader import SceneReader
     from gopt_geo.inference.tiling import WindowPlan
 
@@ -48,14 +62,7 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
     routing = C.routing()
     model = C.model(args.get("variant", "gopt"), args["backbone"]).eval()
     predictor = Predictor(model, routing, WHU_OPT_SAR_CLASSES, device="cpu")
-    options = PredictOptions(
-        window=WINDOW,
-        overlap=OVERLAP,
-        batch_size=BATCH,
-        vector=None,
-        overwrite=True,
-        progress=False,
-    )
+    options = _options()
     plan = WindowPlan.for_grid(args["size"], args["size"], WINDOW, OVERLAP, options.margin_pixels)
     n_windows = len(plan)
     sizes = [min(BATCH, n_windows - i) for i in range(0, n_windows, BATCH)]
@@ -115,7 +122,7 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
 def _profile(work: Path, size: int, backbone: str) -> str:
     """cProfile of one end-to-end predict (main thread: model, blending, writing)."""
     from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
-    from gopt_geo.inference import PredictOptions, Predictor
+    from gopt_geo.inference import Predictor
 
     files = C.scene(work, size)
     predictor = Predictor(
@@ -127,14 +134,7 @@ def _profile(work: Path, size: int, backbone: str) -> str:
         files.optical,
         files.sar,
         work / "out" / "profile",
-        PredictOptions(
-            window=WINDOW,
-            overlap=OVERLAP,
-            batch_size=BATCH,
-            vector=None,
-            overwrite=True,
-            progress=False,
-        ),
+        _options(),
     )
     prof.disable()
     buf = io.StringIO()
