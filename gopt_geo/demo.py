@@ -50,7 +50,7 @@ DEMO_SETTINGS: dict[str, Any] = {
 
 #: Scene layout of the demo: (number of scenes, size in pixels), last two = val, test.
 FULL = {"scenes": 5, "size": 384, "epochs": 12, "train_patches": 320}
-FAST = {"scenes": 4, "size": 320, "epochs": 8, "train_patches": 192}
+FAST = {"scenes": 4, "size": 320, "epochs": 6, "train_patches": 160}
 
 MARKER = ".gopt-geo-demo"
 
