@@ -84,6 +84,14 @@ def same_weights_logits(base: dict, backbone: str = "test_vit", **switch) -> tor
         ({"tau_start": 2.0}, "tau_start needs anneal > 0"),
         ({"tau_start": 0.0, "anneal": 0.5}, "tau_start must be > 0, got 0.0"),
         ({"assign_scale": 0.0}, "assign_scale must be > 0 (or null), got 0.0"),
+        ({"group_mass_floor": 0.0}, "group_mass_floor must be > 0 (or null), got 0.0"),
+        ({"soft_to_hard": 1.5}, "soft_to_hard must be a fraction of training in [0, 1], got 1.5"),
+        ({"soft_to_hard": 0.5, "assignment": "soft"}, "soft_to_hard needs assignment hard"),
+        ({"soft_to_hard_start": 0.2}, "soft_to_hard_start needs soft_to_hard > 0"),
+        (
+            {"soft_to_hard_start": 0.6, "soft_to_hard": 0.5},
+            "soft_to_hard_start + soft_to_hard must be <= 1 (the whole training), got 0.6 + 0.5",
+        ),
         ({"context_size": 0}, "context_size must be >= 1, got 0"),
         ({"variant": "optical_all_bands", "aux_channels": 0}, "aux_channels must be >= 1 for"),
     ],
@@ -127,6 +135,10 @@ def test_new_fields_default_to_the_old_behaviour():
     for name in ("aux_path", "cup_attention", "prompters", "prompt_points", "assign_scale"):
         del stored[name]
     for name in ("anneal", "tau_start", "cup_context", "context_size"):
+        del stored[name]
+    assert (new.soft_to_hard, new.soft_to_hard_start) == (0.0, 0.0)  # hard from the start
+    assert new.group_mass_floor is None  # group means over mass + 1e-6
+    for name in ("soft_to_hard", "soft_to_hard_start", "group_mass_floor"):
         del stored[name]
     assert ModelConfig.from_dict(stored) == new  # an adapter written before them
 
@@ -354,6 +366,78 @@ def test_the_schedule_changes_training_not_inference():
         outs.append(model.train()(rgb, aux, target).logits)
     assert torch.equal(outs[0], outs[2])  # evaluation is always the final form
     assert not torch.allclose(outs[1], outs[3])  # early training samples with noise
+
+
+def test_mix_blends_the_soft_weights_into_the_hard_sample_with_soft_gradients():
+    logits = torch.randn(2, 50, 5, requires_grad=True)
+    soft = torch.softmax(logits / 0.7, dim=-1)
+    assert torch.equal(assign(logits, "hard", 0.7, training=True, mix=0.0), soft)
+    torch.manual_seed(3)
+    hard = assign(logits, "hard", 0.7, training=True, noise=0.5)
+    torch.manual_seed(3)
+    assert torch.equal(assign(logits, "hard", 0.7, training=True, noise=0.5, mix=1.0), hard)
+    torch.manual_seed(3)
+    half = assign(logits, "hard", 0.7, training=True, noise=0.5, mix=0.25)
+    assert torch.allclose(half, 0.75 * soft + 0.25 * hard)
+    assert not torch.allclose(half, soft) and not torch.allclose(half, hard)
+    probe = torch.randn_like(soft)
+    (grad_soft,) = torch.autograd.grad((soft * probe).sum(), logits, retain_graph=True)
+    (grad_quiet,) = torch.autograd.grad(
+        (assign(logits, "hard", 0.7, training=True, noise=0.0, mix=0.5) * probe).sum(), logits
+    )
+    assert torch.allclose(grad_quiet, grad_soft, atol=1e-6)  # no noise: exactly the softmax's
+    argmax = F.one_hot(logits.argmax(-1), 5).float()
+    assert torch.equal(assign(logits, "hard", 0.7, training=False, mix=0.0), argmax)
+
+
+def test_group_mass_floor_tames_the_gradient_of_groups_no_token_chose():
+    grads, prompts = [], []
+    for floor in (None, 1.0):
+        torch.manual_seed(0)
+        cup = CUP(dim=16, num_groups=7, heads=2, scale=10.0, mass_floor=floor).train()
+        cup.noise = 0.0  # the straight-through argmax
+        out = cup(torch.randn(2, 4, 16))  # 4 tokens, 7 groups: some groups are empty
+        assert (out.assignment.sum(1) == 0).any()
+        (out.prompts.square().sum() + out.aux.square().sum()).backward()
+        grads.append(cup.assign_q.weight.grad.norm())
+        prompts.append(out.prompts.detach())
+    assert torch.allclose(prompts[0], prompts[1], atol=1e-4)  # the same forward
+    assert grads[0] > 1000 * grads[1]  # d mean / d a = Z / 1e-6 for an empty group
+    model = model_for("test_vit", group_mass_floor=1.0)
+    assert all(p.cup.mass_floor == 1.0 for p in model.prompters.values())
+
+
+def test_soft_to_hard_trains_soft_then_hard_and_never_changes_inference(default_state):
+    rgb, aux, target = inputs()
+
+    def train_logits(progress: float | None = None, **switch) -> torch.Tensor:
+        model = model_for("test_vit", **switch)
+        model.load_trainable_state_dict(default_state)
+        if progress is not None:
+            model.set_progress(progress)
+        torch.manual_seed(0)
+        return model.train()(rgb, aux, target).logits
+
+    scheduled = {"soft_to_hard": 0.5, "soft_to_hard_start": 0.2, "anneal": 0.5}
+    model = model_for("test_vit", **scheduled)
+    cup = model.prompters["0"].cup
+    assert cup.mix == 1.0  # never told its progress: hard, as before the switch
+    for progress, mix in ((0.0, 0.0), (0.2, 0.0), (0.45, 0.5), (0.7, 1.0), (1.0, 1.0)):
+        model.set_progress(progress)
+        assert cup.mix == pytest.approx(mix)
+    soft = train_logits(assignment="soft")
+    hard = train_logits(1.0, anneal=0.5)  # hard, noise annealed to 0: the ST argmax
+    assert torch.equal(train_logits(0.1, **scheduled), soft)  # before the ramp: soft
+    assert torch.equal(train_logits(1.0, **scheduled), hard)  # after it: hard
+    between = train_logits(0.45, **scheduled)
+    assert not torch.allclose(between, soft) and not torch.allclose(between, hard)
+    # inference is the hard argmax whatever the progress (a batch-norm-free eval pass)
+    plain = same_weights_logits(default_state)
+    for progress in (0.0, 0.45):
+        model = model_for("test_vit", **scheduled)
+        model.load_trainable_state_dict(default_state)
+        model.set_progress(progress)
+        assert torch.equal(eval_logits(model, rgb, aux), plain)
 
 
 # --- scene context: window-independent maps ---------------------------------------------------

@@ -86,6 +86,12 @@ class ModelConfig:
     anneal: float = 0.0  # fraction of training over which the hard assignment's Gumbel noise
     # goes 1 -> 0 (then training samples are the argmax, as inference) and tau_start -> tau
     tau_start: float | None = None  # tau at the start of the schedule; None: tau throughout
+    soft_to_hard: float = 0.0  # hard only: fraction of training over which the training
+    # assignment goes from soft weights to hard (one-hot forward): (1-a) softmax + a hard,
+    # a 0 -> 1; 0: hard from the first step. Inference is the argmax either way
+    soft_to_hard_start: float = 0.0  # fraction of training before that (pure soft)
+    group_mass_floor: float | None = None  # CUP's group means divide by max(mass, this);
+    # None: mass + 1e-6, whose gradient for a group no token chose (hard) is 1e6 x features
     cup_context: str = "window"  # window: groups per window | scene: from a whole-scene pass
     context_size: int = 1024  # longest side (pixels) of the scene-context pass
 
@@ -124,10 +130,32 @@ class ModelConfig:
                 "tau_start needs anneal > 0 (the fraction of training over which tau goes "
                 f"from tau_start to tau), got anneal {self.anneal}"
             )
+        if self.group_mass_floor is not None and self.group_mass_floor <= 0:
+            problems.append(f"group_mass_floor must be > 0 (or null), got {self.group_mass_floor}")
         if self.assign_scale is not None and self.assign_scale <= 0:
             problems.append(f"assign_scale must be > 0 (or null), got {self.assign_scale}")
         if not 0.0 <= self.anneal <= 1.0:
             problems.append(f"anneal must be a fraction of training in [0, 1], got {self.anneal}")
+        for name in ("soft_to_hard", "soft_to_hard_start"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(
+                    f"{name} must be a fraction of training in [0, 1], got {getattr(self, name)}"
+                )
+        if self.soft_to_hard > 0 and self.assignment != "hard":
+            problems.append(
+                "soft_to_hard needs assignment hard (it schedules soft -> hard), got "
+                f"assignment {self.assignment!r}"
+            )
+        if self.soft_to_hard_start > 0 and self.soft_to_hard <= 0:
+            problems.append(
+                "soft_to_hard_start needs soft_to_hard > 0 (the fraction of training over which "
+                f"the assignment goes soft -> hard), got soft_to_hard {self.soft_to_hard}"
+            )
+        if self.soft_to_hard_start + self.soft_to_hard > 1.0 + 1e-9:
+            problems.append(
+                f"soft_to_hard_start + soft_to_hard must be <= 1 (the whole training), got "
+                f"{self.soft_to_hard_start} + {self.soft_to_hard}"
+            )
         if self.prompt_points is not None:
             points = list(self.prompt_points)
             if not points or any(p < 0 for p in points) or len(set(points)) != len(points):

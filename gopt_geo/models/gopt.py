@@ -3,7 +3,8 @@
 GoPT only; what it shares with the baselines (backbone + decoder construction, padding,
 parameter bookkeeping) is `SegmentationModel` in ``base.py``, its config ``config.py``.
 The switches between readings of the paper (``aux_path``, ``cup_attention``,
-``prompters``, ``prompt_points``, the assignment schedule, ``cup_context``) are
+``prompters``, ``prompt_points``, the assignment schedule (``anneal``, ``tau_start``,
+``soft_to_hard``), ``group_mass_floor``, ``cup_context``) are
 documented on `ModelConfig` and in README "GoPT as implemented here".
 """
 
@@ -83,6 +84,7 @@ class GoPTSegmenter(SegmentationModel):
                     parts=config.prompters,
                     attention=config.cup_attention,
                     scale=config.assign_scale,
+                    mass_floor=config.group_mass_floor,
                 )
                 for i in self.prompted
             }
@@ -131,8 +133,22 @@ class GoPTSegmenter(SegmentationModel):
         paper ablations: 47 -> 54 mIoU with q.k logits; no gain on top of bounded logits,
         one seed). Eval mode always uses the final values; a model never told its
         progress trains unscheduled (what gopt-geo did before).
+
+        ``soft_to_hard`` (hard assignment): up to ``soft_to_hard_start`` the training
+        assignment is the softmax, then over the next ``soft_to_hard`` of training its
+        forward goes linearly to the hard one, (1 - a) softmax + a hard, a 0 -> 1
+        (`prompters.assign`, ``mix``). Why: hard from the first step forms groups that do
+        not follow the classes (17 % of tokens vs 96 % for soft, RESULTS.md paper
+        ablations) and trails soft by 9-17 mIoU; soft forms them, and the end of training
+        adapts the rest to the one-hot groups that inference uses.
         """
         config = self.config
+        if config.soft_to_hard > 0:
+            done = (float(fraction) - config.soft_to_hard_start) / config.soft_to_hard
+            mix = min(max(done, 0.0), 1.0)
+            for prompter in self.prompters.values():
+                if prompter.cup is not None:
+                    prompter.cup.mix = mix
         if config.anneal <= 0:
             return
         t = min(1.0, min(max(float(fraction), 0.0), 1.0) / config.anneal)

@@ -9,8 +9,9 @@ is between N tokens and K (or M) prompts, O(N*K); two switches of the paper's ab
 
 Readings of the paper that are switches (``ModelConfig``, README "GoPT as implemented
 here"): CUP's attention (`CUP`, ``attention``), CUP and ACP alone (`GroupingPrompter`,
-``parts``), the assignment's logits and schedule (``CUP.scale``; `assign`'s ``noise``) and
-where CUP's groups come from (`CUPContext`: the window itself, or a whole-scene pass).
+``parts``), the assignment's logits and schedule (``CUP.scale``; `assign`'s ``noise`` and
+``mix``) and where CUP's groups come from (`CUPContext`: the window itself, or a
+whole-scene pass).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from torch import Tensor, nn
 from gopt_geo.data.classes import IGNORE_INDEX
 
 
-def assign(logits: Tensor, mode: str, tau: float, training: bool, noise: float = 1.0) -> Tensor:
+def assign(
+    logits: Tensor, mode: str, tau: float, training: bool, noise: float = 1.0, mix: float = 1.0
+) -> Tensor:
     """Token-to-group assignment weights [B, N, K] from logits [B, N, K].
 
     ``hard``: Gumbel-Softmax with a straight-through estimator while training (one-hot
@@ -40,7 +43,20 @@ def assign(logits: Tensor, mode: str, tau: float, training: bool, noise: float =
     1 is standard Gumbel-Softmax, 0 the deterministic straight-through argmax, which is
     what inference does. The training schedule (``ModelConfig.anneal``) takes it from 1
     to 0.
+
+    ``mix`` (hard, training only) blends the two: (1 - mix) softmax(logits / tau) + mix
+    times the straight-through sample above. 1 is the hard assignment, 0 the soft one; the
+    gradient is the softmax's either way (the straight-through part passes it), only the
+    forward moves from soft weights to one-hot. The training schedule
+    (``ModelConfig.soft_to_hard``) takes it from 0 to 1: the groups form under soft
+    assignment, which learns groups = classes by itself, and the model ends training on the
+    one-hot groups it predicts with (RESULTS.md, paper ablations).
     """
+    if mode == "hard" and training and mix < 1.0:
+        soft = torch.softmax(logits / tau, dim=-1)
+        if mix <= 0.0:
+            return soft
+        return (1.0 - mix) * soft + mix * assign(logits, mode, tau, training, noise)
     if mode == "soft":
         return torch.softmax(logits / tau, dim=-1)
     if mode != "hard":
@@ -147,7 +163,14 @@ class CUP(nn.Module):
        bounded, so that the straight-through gradient of hard assignment cannot drive
        them to 25-100, as it does unbounded (measured: RESULTS.md, paper ablations).
     3. The grouped prompts are the assignment-weighted means of the auxiliary tokens plus
-       the updated class tokens: P = C' + sum_n a_nk Z_n / sum_n a_nk.
+       the updated class tokens: P = C' + sum_n a_nk Z_n / sum_n a_nk. The divisor is
+       mass + 1e-6 (``mass_floor=None``) or max(mass, mass_floor)
+       (``ModelConfig.group_mass_floor``). Why the floor: with a hard (one-hot) forward a
+       group no token chose has mass 0, and the straight-through gradient of its mean with
+       respect to a token's weight is Z_n / 1e-6: a million times a token's features, which
+       throws the assignment logits around (class-aware loss 0.4 -> 4.6 within 30 steps of
+       the forward turning one-hot, RESULTS.md paper ablations). With a floor of 1 an empty
+       group's forward is unchanged (0) and that gradient is Z_n.
     4. Each auxiliary token receives its group's prompt: Z' = Z + W (a P), so the tokens
        carried to the next point, and hence the prompts, change with depth. The last
        prompted point has nothing to carry to (``carry=False``) and skips this step.
@@ -156,9 +179,9 @@ class CUP(nn.Module):
     (`CUPContext` from a whole-scene pass) C' and P are taken from it instead, and the
     result at a token depends only on that token (``cup_context: scene``).
 
-    ``tau`` and ``noise`` are set by the training schedule
-    (`GoPTSegmenter.set_progress`); in eval mode ``tau_final`` is used (and hard assignment
-    is the argmax), so a model predicts as it will at the end of training.
+    ``tau``, ``noise`` and ``mix`` (soft -> hard, `assign`) are set by the training
+    schedule (`GoPTSegmenter.set_progress`); in eval mode ``tau_final`` is used (and hard
+    assignment is the argmax), so a model predicts as it will at the end of training.
     """
 
     def __init__(
@@ -171,6 +194,7 @@ class CUP(nn.Module):
         carry: bool = True,
         attention: str = "cross",
         scale: float | None = None,
+        mass_floor: float | None = None,
     ) -> None:
         super().__init__()
         if attention not in ("cross", "self"):
@@ -178,9 +202,11 @@ class CUP(nn.Module):
         self.assignment = assignment
         self.attention = attention
         self.scale = scale
+        self.mass_floor = mass_floor
         self.tau = tau
         self.tau_final = tau
         self.noise = 1.0
+        self.mix = 1.0
         self.class_tokens = nn.Parameter(torch.zeros(num_groups, dim))
         nn.init.trunc_normal_(self.class_tokens, std=0.02)
         self.norm_aux = nn.LayerNorm(dim)
@@ -217,10 +243,13 @@ class CUP(nn.Module):
         else:  # bounded: |logit| <= scale
             logits = self.scale * F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(1, 2)
         tau = self.tau if self.training else self.tau_final
-        weights = assign(logits, self.assignment, tau, self.training, self.noise)
+        weights = assign(logits, self.assignment, tau, self.training, self.noise, self.mix)
         if context is None:
             mass = weights.sum(dim=1).unsqueeze(-1)  # [B, K, 1]
-            grouped = weights.transpose(1, 2) @ aux / (mass + 1e-6)  # [B, K, d]
+            if self.mass_floor is None:
+                grouped = weights.transpose(1, 2) @ aux / (mass + 1e-6)  # [B, K, d]
+            else:
+                grouped = weights.transpose(1, 2) @ aux / mass.clamp_min(self.mass_floor)
             prompts = cls + grouped
         else:
             prompts = context.prompts.expand(b, -1, -1)
@@ -387,13 +416,14 @@ class GroupingPrompter(nn.Module):
         parts: str = "cup+acp",
         attention: str = "cross",
         scale: float | None = None,
+        mass_floor: float | None = None,
     ) -> None:
         super().__init__()
         if parts not in PROMPTER_PARTS:
             raise ValueError(f"prompter parts must be one of {PROMPTER_PARTS}, got {parts!r}")
         self.parts = parts
         self.cup = (
-            CUP(dim, num_groups, heads, assignment, tau, carry, attention, scale)
+            CUP(dim, num_groups, heads, assignment, tau, carry, attention, scale, mass_floor)
             if parts != "acp"
             else None
         )
