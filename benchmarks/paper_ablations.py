@@ -3,8 +3,9 @@
 Data as ``accuracy.py`` (its ``_data``): 5 disjoint 512² synthetic cloudy scenes (3
 train, 1 val), one held-out 1024² test scene 60 km away (30 % cloud). Every run trains
 with the demo recipe (``gopt_geo.demo.DEMO_SETTINGS``: patch 128, batch 8, AdamW lr
-3e-3, warm-up + cosine, 12 epochs x 320 patches = 480 steps; early fusion at lr 3e-4)
-on the row's configuration, maps the test scene (window 256, overlap 0.25) and scores
+3e-3, warm-up + cosine) on this script's budget (full: 12 epochs x 320 patches = 480
+steps; early fusion at lr 3e-4) on the row's configuration, maps the test scene (window
+256, overlap 0.25) and scores
 it overall and under the clouds: mean ± std over the seeds of mIoU, OA, AA and kappa.
 
 Backbones: the frozen ImageNet EfficientNet-Lite0 (packaged weights) for every table,
@@ -768,8 +769,9 @@ def main() -> None:
         "--budget",
         choices=list(BUDGETS),
         default="full",
-        help="training steps per run: full = the demo recipe (12 epochs x 320 patches, "
-        "480 steps), half = 6 x 320, quarter = 3 x 320; --epochs/--train-patches override",
+        help="training steps per run: full = 12 epochs x 320 patches (the demo recipe "
+        "otherwise, 480 steps), half = 6 x 320, quarter = 3 x 320; "
+        "--epochs/--train-patches override",
     )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--train-patches", type=int, default=None)

@@ -35,7 +35,7 @@ DEMO_SETTINGS: dict[str, Any] = {
     "data.sar_units": "db",
     "data.patch_size": 128,
     "data.batch_size": 8,
-    "data.train_patches": 320,
+    "data.train_patches": 416,
     "data.stats_patches": 32,
     "model.variant": "gopt",
     "model.backbone": "efficientnet_lite0",
@@ -43,13 +43,15 @@ DEMO_SETTINGS: dict[str, Any] = {
     "model.prompt_dim": 32,
     "model.assignment": "soft",
     "model.decoder_dim": 48,
-    "train.epochs": 12,
+    "train.epochs": 8,
     "train.lr": 0.003,
     "train.device": "auto",
 }
 
 #: Scene layout of the demo: (number of scenes, size in pixels), last two = val, test.
-FULL = {"scenes": 5, "size": 384, "epochs": 12, "train_patches": 320}
+#: Full: 416 steps per model, three models in about 4 min on 2 CPU cores (measured by
+#: benchmarks/demo.py; 12 x 320 took 243 s with three models).
+FULL = {"scenes": 5, "size": 384, "epochs": 8, "train_patches": 416}
 FAST = {"scenes": 4, "size": 320, "epochs": 6, "train_patches": 160}
 
 MARKER = ".gopt-geo-demo"
