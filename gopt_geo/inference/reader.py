@@ -42,7 +42,7 @@ import numpy as np
 import rasterio
 from pyproj import Geod
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -64,6 +64,38 @@ from ..io import (
     same_grid,
     warp_onto,
 )
+
+
+def values_valid(
+    src: rasterio.DatasetReader | WarpedVRT,
+    values: np.ndarray,
+    bands: Sequence[int],
+    *,
+    every: bool,
+) -> np.ndarray | None:
+    """GDAL's mask of ``values`` (``bands`` of ``src``, just read as float32), computed
+    from the values themselves where that is exactly what GDAL would do; None otherwise.
+
+    Where each band's mask is only its nodata value (the usual GeoTIFF, and the warped SAR,
+    whose VRT carries the source's nodata), GDAL computes the mask by reading the band again
+    and comparing it with nodata; through a ``WarpedVRT`` that is a second warp of the
+    window, which made mask reads about half of a scene's reading time. Alpha bands,
+    internal masks and a dataset mask over bands not read (``every=False``: valid where
+    any band is) return None: the caller reads GDAL's masks. Bands without nodata or mask
+    are valid everywhere.
+    """
+    if not every and sorted(bands) != list(range(1, src.count + 1)):
+        return None
+    flags = src.mask_flag_enums
+    if all(flags[b - 1] == [MaskFlags.all_valid] for b in bands):
+        return np.ones(values.shape[1:], dtype=bool)
+    if any(flags[b - 1] != [MaskFlags.nodata] for b in bands):
+        return None
+    band_valid = np.empty(values.shape, dtype=bool)
+    for i, b in enumerate(bands):
+        nodata = np.float32(src.nodatavals[b - 1])
+        band_valid[i] = ~np.isnan(values[i]) if np.isnan(nodata) else values[i] != nodata
+    return band_valid.all(axis=0) if every else band_valid.any(axis=0)
 
 
 @dataclass(frozen=True)
@@ -175,13 +207,21 @@ class SceneReader:
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """The stacked image and its validity mask for one window of the optical grid."""
         optical = self._read(self._opt, self.scene_name, window, self._opt_bands)
-        valid = self._masks(self._opt, self.scene_name, window, alpha=None, bands=None)
+        valid = values_valid(self._opt, optical, self._opt_bands, every=False)
+        if valid is None:
+            valid = self._masks(self._opt, self.scene_name, window, alpha=None, bands=None)
         parts = [optical]
         if self._sar is not None:
-            parts.append(self._read(self._sar, self.sar_name, window, self._sar_bands))
-            valid &= self._masks(
-                self._sar, self.sar_name, window, alpha=self._sar_alpha, bands=self._sar_bands
-            )
+            sar = self._read(self._sar, self.sar_name, window, self._sar_bands)
+            parts.append(sar)
+            sar_valid = None
+            if self._sar_alpha is None:
+                sar_valid = values_valid(self._sar, sar, self._sar_bands, every=True)
+            if sar_valid is None:
+                sar_valid = self._masks(
+                    self._sar, self.sar_name, window, alpha=self._sar_alpha, bands=self._sar_bands
+                )
+            valid &= sar_valid
         image = np.concatenate(parts, axis=0)
         valid &= np.isfinite(image).all(axis=0)
         return image, valid

@@ -162,6 +162,8 @@ class StripRasterWriter:
         return self.path if target is None else target
 
     def _copy_cog(self, out: Path) -> None:
+        # NUM_THREADS: the model is idle by now, so DEFLATE may use every core (the copy
+        # was the largest non-model step of a scene's prediction; benchmarks/RESULTS.md)
         rasterio.shutil.copy(
             self._tmp,
             out,
@@ -171,6 +173,7 @@ class StripRasterWriter:
             OVERVIEWS="AUTO",
             OVERVIEW_RESAMPLING=self.overview_resampling,
             BIGTIFF="IF_SAFER",
+            NUM_THREADS="ALL_CPUS",
         )
 
     def abort(self) -> None:
