@@ -117,10 +117,12 @@ def _tensor_memory(step: Any) -> dict[str, float]:
     return {"peak_mib": max(totals) / mib, "training_peak_mib": training[at] / mib, **split}
 
 
-#: (row key, variant, checkpoint_backbone, label)
+#: (row key, variant, checkpoint_backbone (a share of the segments, or all/none), label)
 CASES = (
     ("gopt", "gopt", False, "GoPT"),
     ("gopt_ckpt", "gopt", True, "GoPT, checkpoint_backbone"),
+    ("gopt_ckpt_0.5", "gopt", 0.5, "GoPT, checkpoint_backbone 0.5 (every other segment)"),
+    ("gopt_ckpt_0.25", "gopt", 0.25, "GoPT, checkpoint_backbone 0.25"),
     ("early_fusion", "early_fusion", False, "early fusion (full fine-tuning)"),
 )
 
@@ -220,6 +222,16 @@ def main() -> None:
             f"{step_s['gopt_ckpt'] / step_s['gopt']:.2f}x the time of GoPT without and "
             f"keeps {extra['gopt_ckpt'] / extra['gopt']:.2f}x its training memory by RSS, "
             f"{tensor['gopt_ckpt'] / tensor['gopt']:.2f}x by tensors."
+        )
+        shares = [
+            f"{label.split(', ', 1)[1]}: time {step_s[key] / step_s['early_fusion']:.2f}, "
+            f"tensor peak {tensor[key] / tensor['early_fusion']:.2f}"
+            for key, _, share, label in CASES
+            if isinstance(share, float)
+        ]
+        verdicts.append(
+            f"- {C.BACKBONE_LABEL[backbone]}, a share of the segments checkpointed (relative "
+            f"to full fine-tuning; targets ≤ 0.85 time, ≤ 0.6 memory): " + "; ".join(shares) + "."
         )
     C.save_raw(args.work, "training_cost", {"machine": m, "runs": raw}, args.quick)
     body = "\n".join(

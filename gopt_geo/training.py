@@ -9,9 +9,10 @@ segmentation task, and why:
   backbone is rebuilt from its weights, as in the adapter file;
 - inputs are split and normalised by the run's :class:`BandRouting`, the same code the
   predictor uses;
-- a frozen ViT is activation-checkpointed (``train.checkpoint_backbone``): with
-  prompters between all its blocks, backward runs through every frozen block, and
-  keeping their activations would cost nearly what full fine-tuning costs;
+- half of a frozen ViT's blocks are activation-checkpointed by default
+  (``train.checkpoint_backbone``): with prompters between all its blocks, backward runs
+  through every frozen block, and keeping their activations would cost nearly what full
+  fine-tuning costs;
 - validation metrics come from one confusion matrix (:mod:`gopt_geo.evaluation`), and
   the adapter file of the best validation epoch is written as training goes.
 """
@@ -92,7 +93,7 @@ class GoPTTask(BaseTask):
         class_aware_weight: float = 0.1,
         alignment_weight: float = 0.1,
         flips: bool = True,
-        checkpoint_backbone: bool | str = "auto",
+        checkpoint_backbone: bool | str | float = "auto",
     ) -> None:
         self.routing = BandRouting.from_dict(routing)
         self.scheme = ClassScheme.from_dict(classes)

@@ -13,7 +13,7 @@ import dataclasses
 import pytest
 import torch
 
-from gopt_geo.config import TrainConfig, load_config
+from gopt_geo.config import AUTO_VIT_SHARE, TrainConfig, load_config
 from gopt_geo.data.bands import BandRouting
 from gopt_geo.data.classes import IGNORE_INDEX, WHU_OPT_SAR_CLASSES
 from gopt_geo.errors import InputError
@@ -136,19 +136,43 @@ def test_auto_means_frozen_vits_only() -> None:
     assert make_model("test_efficientnet").set_backbone_checkpointing(True) is True
     fused = make_model("test_vit", variant="early_fusion")
     assert fused.set_backbone_checkpointing("auto") is False
-    assert fused.backbone.checkpointing is False
+    assert fused.backbone.checkpointing == 0
     with pytest.raises(InputError, match="frozen backbone"):
         fused.set_backbone_checkpointing(True)
-    with pytest.raises(InputError, match="auto, true or false"):
+    with pytest.raises(InputError, match="frozen backbone"):
+        fused.set_backbone_checkpointing(0.5)
+    with pytest.raises(InputError, match="auto, true, false or a share"):
         make_model("test_vit").set_backbone_checkpointing("yes")
+    with pytest.raises(InputError, match="between 0 and 1"):
+        make_model("test_vit").set_backbone_checkpointing(1.5)
+
+
+def test_a_share_checkpoints_evenly_spread_segments() -> None:
+    model = make_model("test_vit")
+    blocks = model.backbone.model.blocks
+    assert len(blocks) >= 4
+    calls = [count_calls(b) for b in blocks]
+    _, plain = gradients(model, 48)
+    assert model.set_backbone_checkpointing(0.5) is True
+    for c in calls:
+        c[0] = 0
+    _, half = gradients(model, 48)
+    # every other block is recomputed in backward (block 0 needs no gradient: nothing
+    # trainable before it), and the gradients do not change
+    recomputed = [i for i, c in enumerate(calls) if c[0] == 2]
+    assert recomputed == list(range(1, len(blocks), 2))
+    assert all(c[0] in (1, 2) for c in calls)
+    for name, grad in plain.items():
+        assert torch.allclose(half[name], grad, rtol=1e-5, atol=1e-7), name
 
 
 def test_training_task_checkpoints_by_default() -> None:
     routing = BandRouting(("B", "G", "R", "NIR"), ("VV", "VH"))
     model = dataclasses.asdict(ModelConfig(backbone="test_vit", weights="random"))
     args = (model, routing.to_dict(), WHU_OPT_SAR_CLASSES.to_dict())
-    assert GoPTTask(*args).model.backbone.checkpointing is True
-    assert GoPTTask(*args, checkpoint_backbone=False).model.backbone.checkpointing is False
+    assert GoPTTask(*args).model.backbone.checkpointing == AUTO_VIT_SHARE > 0
+    assert GoPTTask(*args, checkpoint_backbone=False).model.backbone.checkpointing == 0
+    assert GoPTTask(*args, checkpoint_backbone=0.25).model.backbone.checkpointing == 0.25
 
 
 def test_config_field_is_checked() -> None:
@@ -157,8 +181,9 @@ def test_config_field_is_checked() -> None:
     assert load_config(None, ["train.checkpoint_backbone=true"]).train.checkpoint_backbone is True
     with pytest.raises(InputError, match="train.checkpoint_backbone"):
         load_config(None, ["train.checkpoint_backbone=sometimes"])
+    assert load_config(None, ["train.checkpoint_backbone=0.5"]).train.checkpoint_backbone == 0.5
     with pytest.raises(InputError, match="train.checkpoint_backbone"):
-        load_config(None, ["train.checkpoint_backbone=1"])
+        load_config(None, ["train.checkpoint_backbone=1.5"])
 
 
 # --- channels_last: CNNs only, same predictions -------------------------------------

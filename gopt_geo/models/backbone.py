@@ -264,7 +264,7 @@ class FrozenBackbone(nn.Module):
             )
         self.model = model
         self._sha256: str | None = None
-        self.checkpointing = False
+        self.checkpointing = 0.0  # share of the segments checkpointed (0: none, 1: all)
         self.channels_last = False
         if frozen:
             self.model.requires_grad_(False)
@@ -323,8 +323,12 @@ class FrozenBackbone(nn.Module):
         part of the pretrained model, not of what GoPT trains."""
         return super().train(mode and not self.frozen)
 
-    def set_checkpointing(self, enabled: bool) -> None:
-        """Activation checkpointing of the frozen blocks between injection points.
+    def set_checkpointing(self, enabled: bool | float) -> None:
+        """Activation checkpointing of the frozen blocks between injection points: on
+        every segment (``True``), none (``False``), or a share of them in (0, 1), spread
+        evenly over the depth (0.5: every other segment), which trades memory for time
+        in between (each checkpointed segment frees its activations and costs one more
+        forward of it).
 
         On, a training forward (grad enabled, tokens that need a gradient because a
         trainable prompter sits upstream) keeps only each segment's input and recomputes
@@ -334,13 +338,19 @@ class FrozenBackbone(nn.Module):
         are unaffected. A trained backbone is refused: its batch-norm layers in train mode
         would update their running statistics again in the recomputation.
         """
-        if enabled and not self.frozen:
+        share = float(enabled)
+        if not 0.0 <= share <= 1.0:
+            raise InputError(
+                f"backbone {self.name}: the share of checkpointed segments must be within "
+                f"0 and 1, got {enabled!r}"
+            )
+        if share and not self.frozen:
             raise InputError(
                 f"backbone {self.name}: activation checkpointing needs a frozen backbone "
                 "(this one is fine-tuned; recomputation would update its batch-norm "
                 "statistics twice)"
             )
-        self.checkpointing = bool(enabled)
+        self.checkpointing = share
 
     @property
     def supports_channels_last(self) -> bool:
@@ -401,11 +411,14 @@ class FrozenBackbone(nn.Module):
             return self._forward_vit(x, inject)
         return self._forward_stages(x, inject)
 
-    def _run(self, segment: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-        """Run one segment of frozen modules, checkpointed when that saves memory: only
-        when its input needs a gradient (a prompter upstream) and grad is enabled;
-        otherwise autograd keeps nothing of it anyway."""
-        if self.checkpointing and x.requires_grad and torch.is_grad_enabled():
+    def _run(self, segment: Callable[[Tensor], Tensor], x: Tensor, index: int) -> Tensor:
+        """Run segment ``index`` of frozen modules, checkpointed when it is one of the
+        checkpointed share and that saves memory: only when its input needs a gradient (a
+        prompter upstream) and grad is enabled; otherwise autograd keeps nothing of it."""
+        share = self.checkpointing
+        # evenly spread: segment i is checkpointed when floor((i + 1) s) > floor(i s)
+        chosen = share and int((index + 1) * share + 1e-9) > int(index * share + 1e-9)
+        if chosen and x.requires_grad and torch.is_grad_enabled():
             return checkpoint(segment, x, use_reentrant=False)
         return segment(x)
 
@@ -419,7 +432,7 @@ class FrozenBackbone(nn.Module):
         last_point = len(self.injection_points) - 1
         for i, block in enumerate(m.blocks):
             # every block lies between two injection points: each is one segment
-            x = self._run(block, x)
+            x = self._run(block, x, i)
             if inject is not None and i <= last_point:
                 tokens = inject(i, x[:, prefix:], (h, w))
                 x = torch.cat([x[:, :prefix], tokens], dim=1)
@@ -432,8 +445,8 @@ class FrozenBackbone(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         outputs: list[Tensor] = []
-        for segment, index in self._segments:
-            x = self._run(segment, x)
+        for n, (segment, index) in enumerate(self._segments):
+            x = self._run(segment, x, n)
             if self._nhwc_maps:
                 x = x.permute(0, 3, 1, 2)
             if inject is not None:

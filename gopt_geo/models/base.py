@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from gopt_geo.config import AUTO_VIT_SHARE, checkpoint_share
 from gopt_geo.data.classes import IGNORE_INDEX
 from gopt_geo.errors import InputError
 from gopt_geo.models.backbone import FrozenBackbone, InjectionPoint, pad_to_multiple
@@ -116,33 +117,30 @@ class SegmentationModel(nn.Module):
         would the whole scene; None for models whose windows need nothing (the default)."""
         return None
 
-    def set_backbone_checkpointing(self, mode: bool | str = "auto") -> bool:
+    def set_backbone_checkpointing(self, mode: bool | str | float = "auto") -> bool:
         """Activation checkpointing of the frozen backbone in training (``train.
-        checkpoint_backbone``): ``auto`` turns it on for a frozen ViT (without prompters
-        nothing upstream needs a gradient and it costs nothing), ``True`` asks for it on
-        any frozen backbone (refused for a fine-tuned one), ``False`` keeps every
-        activation. Returns whether it is on.
+        checkpoint_backbone``): ``auto`` checkpoints a frozen ViT's blocks
+        (``AUTO_VIT_SHARE`` of them) and nothing of a CNN, ``True`` every segment of any
+        frozen backbone (refused for a fine-tuned one), a number that share of the
+        segments, ``False`` none. Returns whether any is checkpointed.
 
-        Why ``auto`` means ViTs only (benchmarks/training_cost.py, patch 256, batch 8):
-        prompters between all blocks make backward run through every frozen block, so
-        without it a ViT-S GoPT step keeps 0.78x the memory of full fine-tuning (0.52x
-        with it), for one more forward of the frozen blocks per step. A CNN keeps far
-        less (EfficientNet-Lite0: 0.50x without, 0.34x with), so there the recomputation
-        (1.06-1.17x the step time) buys little.
+        Why ``auto`` means ViTs only (benchmarks/training_cost.py, patch 256, batch 8,
+        tensor peak relative to full fine-tuning): prompters between all blocks make
+        backward run through every frozen block, so without it a ViT-S GoPT step keeps
+        0.70x (0.52x with half the blocks checkpointed, 0.37x with all), for one more
+        forward of each checkpointed block. A CNN keeps far less (EfficientNet-Lite0:
+        0.43x without), so there the recomputation buys little.
         """
-        if not (isinstance(mode, bool) or mode == "auto"):
-            raise InputError(f"checkpoint_backbone must be auto, true or false, got {mode!r}")
-        if mode == "auto":
-            enabled = self.backbone.frozen and self.backbone.kind == "vit"
-        else:
-            enabled = bool(mode)
-        if enabled and not self.backbone.frozen:
+        share = checkpoint_share(mode)
+        if share == "auto":
+            share = AUTO_VIT_SHARE if self.backbone.frozen and self.backbone.kind == "vit" else 0.0
+        if share and not self.backbone.frozen:
             raise InputError(
-                f"train.checkpoint_backbone: true needs a frozen backbone; {self.config.variant} "
-                "fine-tunes its backbone (use auto or false)"
+                f"train.checkpoint_backbone: {mode} needs a frozen backbone; "
+                f"{self.config.variant} fine-tunes its backbone (use auto or false)"
             )
-        self.backbone.set_checkpointing(enabled)
-        return enabled
+        self.backbone.set_checkpointing(share)
+        return bool(share)
 
     def set_progress(self, fraction: float) -> None:
         """Where training is (0 at the first step, 1 at the last), for models with a
