@@ -224,6 +224,14 @@ def child_main(handler: Callable[[dict[str, Any]], dict[str, Any]]) -> bool:
 # ---------------------------------------------------------------- scenes and models
 
 
+def predict_options(**settings: Any) -> Any:
+    """``PredictOptions`` as every timing here runs them: no vector output (its own
+    section), outputs replaced, no progress bar; ``settings`` add window, overlap, ..."""
+    from gopt_geo.inference import PredictOptions
+
+    return PredictOptions(**{"vector": None, "overwrite": True, "progress": False, **settings})
+
+
 def scene(work: Path, size: int, seed: int = 7) -> Any:
     """A cached synthetic scene of ``size``^2 optical pixels (SAR in EPSG:4326)."""
     from gopt_geo.data.synthetic import make_scene, scene_files

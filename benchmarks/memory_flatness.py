@@ -65,7 +65,7 @@ class RssSampler:
 
 def _measure(args: dict[str, Any]) -> dict[str, Any]:
     from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
-    from gopt_geo.inference import PredictOptions, Predictor
+    from gopt_geo.inference import Predictor
     from gopt_geo.inference import writers as writers_module
 
     work = Path(args["work"])
@@ -89,14 +89,7 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
             files.optical,
             files.sar,
             work / "out" / f"memory_{args['backbone']}_{args['size']}",
-            PredictOptions(
-                window=WINDOW,
-                overlap=OVERLAP,
-                batch_size=BATCH,
-                vector=None,
-                overwrite=True,
-                progress=False,
-            ),
+            C.predict_options(window=WINDOW, overlap=OVERLAP, batch_size=BATCH),
         )
         seconds = time.perf_counter() - start
     return {

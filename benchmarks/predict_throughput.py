@@ -37,16 +37,7 @@ WINDOW, OVERLAP, BATCH = 512, 0.0, 4
 
 def _options() -> Any:
     """What every predict here runs with: the defaults, no vector output (item 8)."""
-    from gopt_geo.inference import PredictOptions
-
-    return PredictOptions(
-        window=WINDOW,
-        overlap=OVERLAP,
-        batch_size=BATCH,
-        vector=None,
-        overwrite=True,
-        progress=False,
-    )
+    return C.predict_options(window=WINDOW, overlap=OVERLAP, batch_size=BATCH)
 
 
 def _measure(args: dict[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ adapter's scale is applied exactly once.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -66,15 +67,30 @@ from ..io import (
 )
 
 
-def values_valid(
-    src: rasterio.DatasetReader | WarpedVRT,
-    values: np.ndarray,
-    bands: Sequence[int],
-    *,
-    every: bool,
-) -> np.ndarray | None:
-    """GDAL's mask of ``values`` (``bands`` of ``src``, just read as float32), computed
-    from the values themselves where that is exactly what GDAL would do; None otherwise.
+@dataclass(frozen=True)
+class ValueMask:
+    """A source's GDAL mask as a function of the values read from it: each band valid
+    where it is not its ``nodata`` (NaN: not NaN), combined over the bands with all
+    (``every``) or any; ``nodata`` None: every pixel valid."""
+
+    nodata: tuple[np.float32, ...] | None
+    every: bool
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        if self.nodata is None:
+            return np.ones(values.shape[1:], dtype=bool)
+        band_valid = np.empty(values.shape, dtype=bool)
+        for i, nodata in enumerate(self.nodata):
+            band_valid[i] = ~np.isnan(values[i]) if np.isnan(nodata) else values[i] != nodata
+        return band_valid.all(axis=0) if self.every else band_valid.any(axis=0)
+
+
+def value_mask(
+    src: rasterio.DatasetReader | WarpedVRT, bands: Sequence[int], *, every: bool
+) -> ValueMask | None:
+    """How GDAL's mask of ``bands`` of ``src`` follows from their values, where it
+    does exactly; None otherwise. Decided once per source (the mask flags do not change
+    between windows).
 
     Where each band's mask is only its nodata value (the usual GeoTIFF, and the warped SAR,
     whose VRT carries the source's nodata), GDAL computes the mask by reading the band again
@@ -88,14 +104,24 @@ def values_valid(
         return None
     flags = src.mask_flag_enums
     if all(flags[b - 1] == [MaskFlags.all_valid] for b in bands):
-        return np.ones(values.shape[1:], dtype=bool)
+        return ValueMask(None, every)
     if any(flags[b - 1] != [MaskFlags.nodata] for b in bands):
         return None
-    band_valid = np.empty(values.shape, dtype=bool)
-    for i, b in enumerate(bands):
-        nodata = np.float32(src.nodatavals[b - 1])
-        band_valid[i] = ~np.isnan(values[i]) if np.isnan(nodata) else values[i] != nodata
-    return band_valid.all(axis=0) if every else band_valid.any(axis=0)
+    return ValueMask(tuple(np.float32(src.nodatavals[b - 1]) for b in bands), every)
+
+
+def values_valid(
+    src: rasterio.DatasetReader | WarpedVRT,
+    values: np.ndarray,
+    bands: Sequence[int],
+    *,
+    every: bool,
+) -> np.ndarray | None:
+    """GDAL's mask of ``values`` (``bands`` of ``src``, just read as float32), computed
+    from the values themselves where that is exactly what GDAL would do (:func:`value_mask`);
+    None otherwise."""
+    mask = value_mask(src, bands, every=every)
+    return None if mask is None else mask(values)
 
 
 @dataclass(frozen=True)
@@ -204,24 +230,33 @@ class SceneReader:
         self._sar_alpha = src.count + 1 if add_alpha else alpha
         self.sar_warped = True
 
+    @functools.cached_property
+    def _opt_mask(self) -> ValueMask | None:
+        return value_mask(self._opt, self._opt_bands, every=False)
+
+    @functools.cached_property
+    def _sar_mask(self) -> ValueMask | None:
+        if self._sar is None or self._sar_alpha is not None:  # an alpha band: GDAL reads it
+            return None
+        return value_mask(self._sar, self._sar_bands, every=True)
+
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """The stacked image and its validity mask for one window of the optical grid."""
         optical = self._read(self._opt, self.scene_name, window, self._opt_bands)
-        valid = values_valid(self._opt, optical, self._opt_bands, every=False)
-        if valid is None:
+        if self._opt_mask is not None:
+            valid = self._opt_mask(optical)
+        else:
             valid = self._masks(self._opt, self.scene_name, window, alpha=None, bands=None)
         parts = [optical]
         if self._sar is not None:
             sar = self._read(self._sar, self.sar_name, window, self._sar_bands)
             parts.append(sar)
-            sar_valid = None
-            if self._sar_alpha is None:
-                sar_valid = values_valid(self._sar, sar, self._sar_bands, every=True)
-            if sar_valid is None:
-                sar_valid = self._masks(
+            if self._sar_mask is not None:
+                valid &= self._sar_mask(sar)
+            else:
+                valid &= self._masks(
                     self._sar, self.sar_name, window, alpha=self._sar_alpha, bands=self._sar_bands
                 )
-            valid &= sar_valid
         image = np.concatenate(parts, axis=0)
         valid &= np.isfinite(image).all(axis=0)
         return image, valid
