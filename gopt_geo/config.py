@@ -20,7 +20,7 @@ import yaml
 from .data.bands import BandRouting
 from .data.classes import ClassScheme, resolve_scheme
 from .errors import InputError
-from .models.config import ModelConfig
+from .models.config import ModelConfig, checkpoint_share
 
 
 @dataclass
@@ -71,33 +71,14 @@ class TrainConfig:
     progress: bool = True
     # activation checkpointing of the frozen backbone: keep only the tokens at each
     # injection point and recompute the frozen blocks between them in backward (same
-    # gradients). auto: a share AUTO_VIT_SHARE of a frozen ViT's blocks, none of a CNN's
-    # (they already keep little) | true (every segment of any frozen backbone) | false |
-    # a share in (0, 1), spread over the depth. Measured in benchmarks/training_cost.py.
+    # gradients). auto: a share (models.config.AUTO_VIT_SHARE) of a frozen ViT's blocks,
+    # none of a CNN's (they already keep little) | true (every segment of any frozen
+    # backbone) | false | a share in (0, 1), spread over the depth. Measured in
+    # benchmarks/training_cost.py.
     checkpoint_backbone: bool | str | float = "auto"
 
     def __post_init__(self) -> None:
         checkpoint_share(self.checkpoint_backbone)  # refuses anything else
-
-
-#: ``train.checkpoint_backbone: auto`` on a frozen ViT: the share of its blocks whose
-#: activations are recomputed in backward instead of kept. A ViT-S/16 GoPT step (patch
-#: 256, batch 8; benchmarks/RESULTS.md, training cost), relative to full fine-tuning, time
-#: and tensor peak: none 0.84 / 0.70, a quarter 0.89 / 0.61, half 0.88 / 0.52, all
-#: 0.98 / 0.37. Half is the least recomputation measured under 0.6.
-AUTO_VIT_SHARE = 0.5
-
-
-def checkpoint_share(mode: object) -> float | str:
-    """``train.checkpoint_backbone`` as ``"auto"`` or a share of segments in [0, 1]."""
-    if mode == "auto" or isinstance(mode, bool):
-        return mode if mode == "auto" else float(mode)
-    if isinstance(mode, int | float) and 0 <= mode <= 1:
-        return float(mode)
-    raise InputError(
-        f"train.checkpoint_backbone must be auto, true, false or a share of the backbone's "
-        f"segments between 0 and 1, got {mode!r}"
-    )
 
 
 @dataclass

@@ -13,11 +13,12 @@ import dataclasses
 import pytest
 import torch
 
-from gopt_geo.config import AUTO_VIT_SHARE, TrainConfig, load_config
+from gopt_geo.config import TrainConfig, load_config
 from gopt_geo.data.bands import BandRouting
 from gopt_geo.data.classes import IGNORE_INDEX, WHU_OPT_SAR_CLASSES
 from gopt_geo.errors import InputError
 from gopt_geo.models import ModelConfig, SegmentationModel, build_model
+from gopt_geo.models.config import AUTO_VIT_SHARE
 from gopt_geo.training import GoPTTask
 
 pytestmark = pytest.mark.filterwarnings("ignore::gopt_geo.models.RandomBackboneWarning")

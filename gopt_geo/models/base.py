@@ -16,11 +16,15 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from gopt_geo.config import AUTO_VIT_SHARE, checkpoint_share
 from gopt_geo.data.classes import IGNORE_INDEX
 from gopt_geo.errors import InputError
 from gopt_geo.models.backbone import FrozenBackbone, InjectionPoint, pad_to_multiple
-from gopt_geo.models.config import ModelConfig, ParameterReport
+from gopt_geo.models.config import (
+    AUTO_VIT_SHARE,
+    ModelConfig,
+    ParameterReport,
+    checkpoint_share,
+)
 from gopt_geo.models.decoder import MultiLevelDecoder
 from gopt_geo.models.prompters import prompted_points
 
