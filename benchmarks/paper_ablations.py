@@ -750,6 +750,25 @@ def _independence(results: dict[str, dict[str, list[dict]]]) -> str:
     )
 
 
+def _store(cache: Path, key: str, res: dict, machine: dict) -> dict:
+    """Add one run to the cache and return every cached run.
+
+    Several invocations may train different rows at once (e.g. one per core with
+    ``OMP_NUM_THREADS=1``); each re-reads the file under a lock before writing, so none
+    drops another's runs.
+    """
+    import fcntl
+
+    with open(cache.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stored = json.loads(cache.read_text()).get("runs", {}) if cache.exists() else {}
+        stored[key] = res
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"machine": machine, "runs": stored}, indent=2))
+        tmp.replace(cache)
+    return stored
+
+
 def main() -> None:
     if C.child_main(_measure):
         return
@@ -868,8 +887,7 @@ def main() -> None:
                     flush=True,
                 )
                 results.setdefault(bb, {}).setdefault(row, []).append(res)
-                stored[key] = res
-                cache.write_text(json.dumps({"machine": m, "runs": stored}, indent=2))
+                stored = _store(cache, key, res, m)
 
     steps = epochs * (patches // 8)
     budget = next(
