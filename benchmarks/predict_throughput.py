@@ -74,11 +74,24 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
         return (time.perf_counter() - start) * len(sizes) / len(timed_sizes)
 
     out_dir = work / "out" / f"throughput_{args['backbone']}_{args['size']}"
+    # the model's own time inside predict: the same forward, timed where the pipeline calls it
+    in_model = [0.0]
+    infer = predictor._infer
 
-    def end_to_end() -> tuple[float, float]:
+    def timed_infer(*a: Any, **k: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return infer(*a, **k)
+        finally:
+            in_model[0] += time.perf_counter() - start
+
+    predictor._infer = timed_infer  # type: ignore[method-assign]
+
+    def end_to_end() -> tuple[float, float, float]:
+        in_model[0] = 0.0
         start = time.perf_counter()
         result = predictor.predict(files.optical, files.sar, out_dir, options)
-        return time.perf_counter() - start, result.stats.seconds
+        return time.perf_counter() - start, result.stats.seconds, in_model[0]
 
     def read_only() -> float:
         start = time.perf_counter()
@@ -89,15 +102,31 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
 
     forward(BATCH)  # warm-up
     runs = []
+    # each predict between two pure passes, compared with their mean: the machine's speed
+    # drifts by 10-20 % between minutes here, which a single neighbour would put in the ratio
+    before = pure_forward()
     for r in range(args["repeats"]):
-        if r % 2 == 0:
-            e2e, stats_s = end_to_end()
-            fwd = pure_forward()
-        else:
-            fwd = pure_forward()
-            e2e, stats_s = end_to_end()
-        runs.append({"e2e_s": e2e, "stats_s": stats_s, "forward_s": fwd, "ratio": e2e / fwd})
-        print(f"    run {r + 1}: predict {e2e:.1f} s, model {fwd:.1f} s", flush=True)
+        e2e, stats_s, inside = end_to_end()
+        after = pure_forward()
+        fwd = (before + after) / 2
+        runs.append(
+            {
+                "e2e_s": e2e,
+                "stats_s": stats_s,
+                "forward_s": fwd,
+                "forward_before_s": before,
+                "forward_after_s": after,
+                "model_in_predict_s": inside,
+                "ratio": e2e / fwd,
+                "pipeline_ratio": e2e / inside,
+            }
+        )
+        print(
+            f"    run {r + 1}: predict {e2e:.1f} s (model inside {inside:.1f} s), "
+            f"pure model {before:.1f}/{after:.1f} s",
+            flush=True,
+        )
+        before = after
     read_s = read_only()
     return {
         "windows": n_windows,
@@ -140,6 +169,8 @@ def _report(m: dict[str, Any], raw: dict[str, Any], command: str) -> str:
         e2e = C.median([r["e2e_s"] for r in res["runs"]])
         fwd = C.median([r["forward_s"] for r in res["runs"]])
         ratio = C.median([r["ratio"] for r in res["runs"]])
+        inside = [r["model_in_predict_s"] for r in res["runs"] if "model_in_predict_s" in r]
+        pipeline = C.median([r["pipeline_ratio"] for r in res["runs"] if "pipeline_ratio" in r])
         scaled = res["forward_batches_timed"] != res["batches"]
         note = (
             f" (model time: {res['forward_batches_timed']} of {res['batches']} batches, scaled)"
@@ -155,9 +186,11 @@ def _report(m: dict[str, Any], raw: dict[str, Any], command: str) -> str:
                 f"{e2e:.1f}",
                 f"{res['pixels'] / 1e6 / e2e:.3f}",
                 f"{fwd:.1f}",
+                f"{C.median(inside):.1f}" if inside else "",
                 f"{res['read_only_s']:.1f}",
                 f"{ratio:.3f}" + note,
                 ", ".join(f"{r['ratio']:.2f}" for r in res["runs"]),
+                f"{pipeline:.3f}" if inside else "",
                 "yes" if ratio <= 1.10 else f"no (+{100 * (ratio - 1.10):.1f} points)",
             ]
         )
@@ -182,9 +215,11 @@ def _report(m: dict[str, Any], raw: dict[str, Any], command: str) -> str:
                     "predict s (median)",
                     "MPix/s",
                     "pure model s",
+                    "model inside predict s",
                     "read-only s",
                     "overhead ratio (median)",
                     "per-run ratios",
+                    "predict / model inside",
                     "≤ 1.10?",
                 ],
                 rows,
@@ -192,11 +227,16 @@ def _report(m: dict[str, Any], raw: dict[str, Any], command: str) -> str:
             "",
             "predict s: wall time of `Predictor.predict` end to end (opening the rasters to the "
             "finished COGs). pure model s: the same number of batches of the same shape, "
-            "already in memory, through `routing.prepare` + the model. read-only s: one "
+            "already in memory, through `routing.prepare` + the model, timed just before and just "
+            "after each predict (the ratio divides by their mean). model inside predict s: the "
+            "model calls inside that predict, timed where the pipeline makes them; predict / "
+            "model inside is therefore what the pipeline adds around the model in the same "
+            "run, free of the machine's drift, but blind to the model running slower beside "
+            "the reader thread (which the overhead ratio includes). read-only s: one "
             "sequential pass of `SceneReader.read` over all windows (optical read + SAR warp "
-            "+ masks), no model. Ratios are medians of the per-run ratios (same process, "
-            "alternating order). Per-run values (in the results JSON) vary a lot on this shared "
-            "VM: the machine's speed itself changes between minutes (see the summary).",
+            "+ masks), no model. Ratios are medians of the per-run ratios. Per-run values (in "
+            "the results JSON) vary a lot on this shared VM: the machine's speed itself "
+            "changes by 10-20 % between minutes (see the summary).",
         ]
     )
 

@@ -42,7 +42,7 @@ from gopt_geo.errors import InputError
 from gopt_geo.inference import PredictOptions, Predictor
 from gopt_geo.inference.outputs import normalised_entropy
 from gopt_geo.inference.predictor import PredictionResult, predict_scene
-from gopt_geo.inference.quicklook import _overview_level, class_panel
+from gopt_geo.inference.quicklook import _overview_level, class_panel, panel_shape
 from gopt_geo.inference.reader import Grid, SceneReader
 from gopt_geo.inference.stac import write_collection
 from gopt_geo.inference.writers import StripRasterWriter
@@ -446,6 +446,8 @@ def test_quicklook_reads_the_class_map_overviews(tmp_path: Path) -> None:
     assert _overview_level(path, 5) == 1  # the 4x overview
     panel = class_panel(path, CLASSES, NODATA, max_size=300)
     assert panel.shape == (1100 // 5, 1300 // 5, 3)
+    # the shape the predictor reads the optical panel at, before the class map exists
+    assert panel_shape(1300, 1100, max_size=300) == panel.shape[:2]
     assert (panel[:, :100] == (204, 178, 102)).all() and (panel[:, -100:] == (0, 92, 230)).all()
 
 

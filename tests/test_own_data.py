@@ -274,7 +274,7 @@ def test_an_all_nodata_scene_warns_and_maps_nothing(water_land: Path, tmp_path: 
         empty = np.zeros((4, src.height, src.width), np.uint16)
         t = src.transform
     scene = write_raster(tmp_path / "empty.tif", empty, transform=t, nodata=0)
-    with pytest.warns(UserWarning, match="no valid optical pixel"):
+    with pytest.warns(UserWarning, match=r"empty.tif: no pixel is valid in both the scene and"):
         out = predictor.predict(
             scene,
             water_land / "sar" / "s2.tif",

@@ -188,6 +188,36 @@ def test_model_sees_whole_windows_and_progress_counts_them() -> None:
     assert sum(done) == len(plan) == 3 and done == [2, 1]
 
 
+@pytest.mark.parametrize(("overlap", "margin"), [(0.0, 0), (0.5, 8)])
+def test_windows_without_a_valid_pixel_skip_the_model(overlap: float, margin: int) -> None:
+    """A nodata border costs no model time, and the map is the one a full run gives."""
+    image, valid = scene(96, 96)
+    valid[:, :48] = False  # the left half is nodata
+    seen: list[int] = []
+
+    def forward(images: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+        assert bool(ok.flatten(1).any(1).all()), "a window without a valid pixel was run"
+        seen.append(images.shape[0])
+        return pointwise(images, ok)
+
+    plan = WindowPlan.for_grid(96, 96, 32, overlap, margin)
+    rows = list(stream_rows(plan, batches_of(image, valid, plan, 4), forward, K, "cpu"))
+    logits = torch.cat([r for _, r, _ in rows], dim=1).numpy()
+    ok = torch.cat([v for _, _, v in rows]).numpy()
+    _, full, full_ok = run(image, valid, 32, overlap, batch_size=4, margin=margin)
+    np.testing.assert_array_equal(ok, valid)
+    np.testing.assert_array_equal(full_ok, valid)
+    np.testing.assert_allclose(logits[:, valid], full[:, valid], rtol=1e-5, atol=1e-5)
+    with_valid = sum(
+        bool(valid[w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width].any())
+        for w in plan.read_windows()
+    )
+    assert 0 < sum(seen) == with_valid < len(plan)
+    empty = list(stream_rows(plan, batches_of(image, valid & False, plan, 4), forward, K, "cpu"))
+    assert sum(seen) == with_valid  # nothing more ran
+    assert not torch.cat([v for _, _, v in empty]).any()
+
+
 def test_wrong_model_output_is_named() -> None:
     image, valid = scene(40, 40)
     plan = WindowPlan.for_grid(40, 40, 32, 0.25)

@@ -29,6 +29,7 @@ import functools
 import hashlib
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,13 +54,13 @@ from ..io import (
 from .context import scene_context
 from .options import PredictOptions
 from .outputs import OutputSet
-from .quicklook import write_quicklook
+from .quicklook import optical_panel, panel_shape, write_quicklook
 from .reader import SceneReader
 from .report import PredictionStats, build_report, render_markdown, report_json
 from .sanity import check_inputs
 from .stac import build_item, item_json
 from .staging import pause_point, terminate_as_exit
-from .tiling import ROW_CHUNK, WindowPlan, stream_rows
+from .tiling import WindowPlan, stream_rows
 from .vectorize import SHORT_HASH, VectorResult, driver_for, write_polygons
 
 #: Model variants whose model ignores the auxiliary input (design §3): they predict
@@ -200,9 +201,15 @@ class Predictor:
         reader_routing, pad_sar = self._reader_routing(scene, sar)
         check_inputs(scene, sar if not pad_sar else None, reader_routing)  # units, scaling
         start = time.perf_counter()
-        with outputs:  # every file under a temporary name until the set is committed
+        # the quicklook's optical panel is read beside the model, not after it (a
+        # decimated read of the whole scene: the largest part of the quicklook's time)
+        side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gopt-quicklook")
+        with outputs, side:  # every file under a temporary name until the set is committed
             with SceneReader(scene, sar, reader_routing) as reader:
                 grid = reader.grid
+                panel = side.submit(
+                    optical_panel, scene, self.routing, panel_shape(grid.width, grid.height)
+                )
                 plan = WindowPlan.for_grid(
                     grid.height, grid.width, options.window, options.overlap, options.margin_pixels
                 )
@@ -241,6 +248,7 @@ class Predictor:
                 self.classes,
                 outputs.nodata,
                 title=f"{scene_id}: land cover ({self.variant or 'model'})",
+                optical=panel.result(),
             )
             seconds = time.perf_counter() - start
             class_pixels = outputs.class_pixels
@@ -316,22 +324,6 @@ class Predictor:
         pad_sar: int = 0,
     ) -> None:
         """Windows (read ahead) -> model -> blended rows -> outputs, strip by strip."""
-        if not reader.any_valid():
-            warnings.warn(
-                f"{reader.scene_name}: the scene has no valid optical pixel (all nodata); "
-                "its outputs are nodata everywhere and the model was not run",
-                UserWarning,
-                stacklevel=2,
-            )
-            grid, k = reader.grid, self.classes.num_classes
-            for row0 in range(0, grid.height, ROW_CHUNK):
-                n = min(ROW_CHUNK, grid.height - row0)
-                outputs.write_rows(
-                    row0,
-                    torch.zeros(k, n, grid.width),
-                    torch.zeros(n, grid.width, dtype=torch.bool),
-                )
-            return
         bar = tqdm(total=len(plan), unit="window", desc="predict", disable=not options.progress)
         context = scene_context(reader, self.model)  # None unless model.cup_context == "scene"
         # each window with its margin of context; the tiling keeps the window (its core)
@@ -351,6 +343,18 @@ class Predictor:
                 outputs.write_rows(row0, logits, valid)
                 if i == 0:
                     pause_point("windows")  # test hook (staging.py)
+        if not outputs.class_pixels:  # the model never ran (windows without a valid pixel)
+            where = (
+                f"valid in both the scene and {reader.sar_name}"
+                if reader.sar_name and not pad_sar
+                else "valid"
+            )
+            warnings.warn(
+                f"{reader.scene_name}: no pixel is {where} (all nodata); the outputs are "
+                "nodata everywhere and no window was run through the model",
+                UserWarning,
+                stacklevel=2,
+            )
 
     @torch.inference_mode()
     def _infer(

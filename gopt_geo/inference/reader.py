@@ -323,14 +323,6 @@ class SceneReader:
             raise InputError(f"{path}: cannot read pixels ({rasterio_reason(err)})") from None
         return (masks > 0).all(axis=0)
 
-    def any_valid(self, size: int = 512) -> bool:
-        """Whether the scene has a valid optical pixel at all, from a decimated read of its
-        mask (overviews when the file has them; never the whole raster in memory)."""
-        opt = self._opt
-        scale = max(1.0, max(opt.width, opt.height) / size)
-        shape = (max(1, round(opt.height / scale)), max(1, round(opt.width / scale)))
-        return bool((opt.dataset_mask(out_shape=shape) > 0).any())
-
     def describe(self) -> dict[str, object]:
         """Input summary for the run report."""
         info: dict[str, object] = {

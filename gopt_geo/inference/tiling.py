@@ -307,6 +307,31 @@ def _forward_padded(
     return logits[..., :h, :w]
 
 
+def _forward_valid(
+    model_forward: ModelForward,
+    images: torch.Tensor,
+    valid: torch.Tensor,
+    window: int,
+    num_classes: int,
+) -> torch.Tensor:
+    """:func:`_forward_padded` on the windows that hold a valid pixel; zeros for the rest.
+
+    A window without one only ever yields nodata (a pixel is valid only where every
+    window that read it found it valid), so its logits are never looked at: a scene's
+    nodata border or an empty scene costs reading, not the model.
+    """
+    keep = valid.flatten(1).any(1)
+    if bool(keep.all()):
+        return _forward_padded(model_forward, images, valid, window)
+    shape = (images.shape[0], num_classes, *images.shape[-2:])
+    if not bool(keep.any()):
+        return torch.zeros(shape, device=images.device)
+    part = _forward_padded(model_forward, images[keep], valid[keep], window)
+    logits = part.new_zeros((images.shape[0], *part.shape[1:]))
+    logits[keep] = part
+    return logits
+
+
 @torch.inference_mode()
 def stream_rows(
     plan: WindowPlan,
@@ -323,8 +348,8 @@ def stream_rows(
     ``batches`` gives ``(windows, images [B, C, h, w], valid [B, h, w])`` (numpy or torch)
     for the windows of ``plan.read_windows()`` (the windows themselves without a margin),
     in that order; ``model_forward`` maps them to logits ``[B, K, h, w]``
-    (``K = num_classes``) on ``device``; each window's core is cut out of them and
-    blended. Yields
+    (``K = num_classes``) on ``device``, and is called only with windows that hold a
+    valid pixel; each window's core is cut out of them and blended. Yields
     ``(row0, logits [K, n, W], valid [n, W])``: blended logits and validity (every window
     that read a pixel found it valid) of rows ``row0 .. row0 + n``, top to bottom, each row
     exactly once, at most ``chunk`` rows at a time. ``on_batch(n)`` is called after each
@@ -338,7 +363,7 @@ def stream_rows(
     for windows, images, valid in batches:
         x = torch.as_tensor(images).to(device, non_blocking=True)
         v = torch.as_tensor(valid).to(device)
-        logits = _forward_padded(model_forward, x, v, plan.window)
+        logits = _forward_valid(model_forward, x, v, plan.window, num_classes)
         if logits.shape[1] != num_classes:
             raise ValueError(f"model_forward returned {logits.shape[1]} classes, not {num_classes}")
         for j, win in enumerate(windows):
