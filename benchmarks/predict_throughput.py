@@ -40,6 +40,17 @@ def _options() -> Any:
     return C.predict_options(window=WINDOW, overlap=OVERLAP, batch_size=BATCH)
 
 
+def _backbone(case: str) -> tuple[str, bool]:
+    """A case's backbone, and whether it runs in NCHW (``lite0_nchw``: the CNN without
+    its default channels_last, to show that format's effect on a whole predict)."""
+    return case.removesuffix("_nchw"), case.endswith("_nchw")
+
+
+def _label(case: str) -> str:
+    backbone, nchw = _backbone(case)
+    return C.BACKBONE_LABEL[backbone] + (" (NCHW)" if nchw else "")
+
+
 def _measure(args: dict[str, Any]) -> dict[str, Any]:
     import torch
 
@@ -51,7 +62,10 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
     work = Path(args["work"])
     files = C.scene(work, args["size"])
     routing = C.routing()
-    model = C.model(args.get("variant", "gopt"), args["backbone"]).eval()
+    backbone, nchw = _backbone(args["backbone"])
+    model = C.model(args.get("variant", "gopt"), backbone).eval()
+    if nchw:  # the CNN default is channels_last; this case measures what it gains end to end
+        model.backbone.set_channels_last(False)
     predictor = Predictor(model, routing, WHU_OPT_SAR_CLASSES, device="cpu")
     options = _options()
     plan = WindowPlan.for_grid(args["size"], args["size"], WINDOW, OVERLAP, options.margin_pixels)
@@ -179,7 +193,7 @@ def _report(m: dict[str, Any], raw: dict[str, Any], command: str) -> str:
         )
         rows.append(
             [
-                f"GoPT / {C.BACKBONE_LABEL[backbone]}",
+                f"GoPT / {_label(backbone)}",
                 f"{size}²",
                 res["windows"],
                 len(res["runs"]),
@@ -251,7 +265,8 @@ def main() -> None:
     parser.add_argument(
         "--cases",
         default="lite0:2048,vit_s:2048,lite0:8192",
-        help="backbone:size[:repeats[:forward_cap]] list (backbones: lite0, vit_s, ...)",
+        help="backbone:size[:repeats[:forward_cap]] list (backbones: lite0, vit_s, ...; "
+        "lite0_nchw: Lite0 without channels_last)",
     )
     parser.add_argument("--profile", action="store_true", help="cProfile one 2048^2 predict")
     parser.add_argument(
@@ -281,7 +296,7 @@ def main() -> None:
         backbone, size = parts[0], int(parts[1])
         repeats = int(parts[2]) if len(parts) > 2 else (1 if args.quick else args.repeats)
         cap = int(parts[3]) if len(parts) > 3 else None
-        print(f"{C.BACKBONE_LABEL[backbone]} {size}^2 x {repeats} ...", flush=True)
+        print(f"{_label(backbone)} {size}^2 x {repeats} ...", flush=True)
         busy = C.wait_for_quiet()
         res = C.run_child(
             "predict_throughput.py",
