@@ -170,6 +170,7 @@ CASES = (
     ("gopt", "gopt", False, "GoPT"),
     ("gopt_ckpt", "gopt", True, "GoPT, checkpoint_backbone"),
     ("gopt_ckpt_0.5", "gopt", 0.5, "GoPT, checkpoint_backbone 0.5 (every other segment)"),
+    ("gopt_ckpt_0.33", "gopt", 1 / 3, "GoPT, checkpoint_backbone 1/3"),
     ("gopt_ckpt_0.25", "gopt", 0.25, "GoPT, checkpoint_backbone 0.25"),
     ("early_fusion", "early_fusion", False, "early fusion (full fine-tuning)"),
 )
@@ -190,12 +191,22 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=8, help="interleaved rounds of the paired time ratio"
     )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the saved results of the backbones not run now (one backbone re-measured)",
+    )
     args = parser.parse_args()
     C.quiet()
     backbones = ["tiny"] if args.quick else args.backbones.split(",")
     steps, warmup = (2, 1) if args.quick else (args.steps, args.warmup)
     m = C.machine()
-    rows, verdicts, raw = [], [], {}
+    saved = args.work / "results" / "training_cost.json"
+    raw: dict[str, Any] = {}
+    if args.merge and saved.exists():
+        old = json.loads(saved.read_text())
+        raw = {bb: r for bb, r in old["runs"].items() if bb not in backbones}
+        m["merged"] = {bb: old["machine"]["date"] for bb in raw}
     for backbone in backbones:
         res = {}
         for key, variant, ckpt, label in CASES:
@@ -240,12 +251,16 @@ def main() -> None:
             },
         )
         raw[backbone] = {**res, "paired": paired}
+    rows, verdicts = [], []
+    for backbone in sorted(raw, key=lambda bb: list(C.BACKBONE_LABEL).index(bb)):
+        res = {k: v for k, v in raw[backbone].items() if k != "paired"}
+        cases = [case for case in CASES if case[0] in res]  # older runs lack newer cases
         step_s = {v: C.median(r["times"]) for v, r in res.items()}
-        interleaved = {**paired["ratios"], "early_fusion": 1.0}
+        interleaved = {**raw[backbone]["paired"]["ratios"], "early_fusion": 1.0}
         peak = {v: r["peak_rss_mib"] for v, r in res.items()}
         extra = {v: r["extra_mib"] for v, r in res.items()}
         tensor = {v: r["tensor_mib"] for v, r in res.items()}
-        for key, _, _, label in CASES:
+        for key, _, _, label in cases:
             r = res[key]
             rows.append(
                 [
@@ -291,7 +306,7 @@ def main() -> None:
         shares = [
             f"{label.split(', ', 1)[1]}: time {interleaved[key]:.2f}, "
             f"tensor peak {tensor[key] / tensor['early_fusion']:.2f}"
-            for key, _, share, label in CASES
+            for key, _, share, label in cases
             if isinstance(share, float)
         ]
         verdicts.append(
@@ -304,6 +319,16 @@ def main() -> None:
             f"Command: `{C.command_line()}`",
             "",
             C.machine_line(m),
+            *(
+                [
+                    "",
+                    "Kept from an earlier run (`--merge`): "
+                    + ", ".join(f"{C.BACKBONE_LABEL[bb]} ({d})" for bb, d in m["merged"].items())
+                    + "; the cases added since are missing from its rows.",
+                ]
+                if m.get("merged")
+                else []
+            ),
             "",
             f"Batch {args.batch}, patch {args.patch}², CPU, fp32, AdamW over the trainable "
             f"parameters; per process {warmup} warm-up steps then {steps} timed steps, "
