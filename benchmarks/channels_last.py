@@ -9,7 +9,9 @@ channels_last, `FrozenBackbone.set_channels_last`) against the same model in NCH
   over the trainable tensors, activation checkpointing as training sets it: ``auto``).
 
 Each (mode, format) runs in a fresh process (peak RSS its own), warm-up steps first; the
-table gives the median time and the speed-up NCHW / NHWC. A last child compares the
+table gives the median time and the speed-up NCHW / NHWC, and the speed-up measured with
+both formats in one process, step by step in alternating order (the one to quote: the
+machine's speed drifts between the separate processes). A last child compares the
 logits of both formats on the same input (max |difference|, class-map agreement).
 
     ./run python benchmarks/channels_last.py
@@ -42,24 +44,24 @@ def _inputs(args: dict[str, Any], batch: int, size: int) -> tuple[Any, Any, Any]
     return image, mask, g
 
 
-def _predict_times(model: Any, args: dict[str, Any]) -> list[float]:
+def _predict_step(model: Any, args: dict[str, Any]) -> Any:
+    """One predict batch as `Predictor` runs it (a callable, timed by the caller)."""
     import torch
 
     routing = C.routing()
     image, _, _ = _inputs(args, args["predict_batch"], args["window"])
     model.eval()
-    times = []
-    with torch.no_grad():
-        for i in range(args["warmup"] + args["repeats"]):
-            start = time.perf_counter()
+
+    def step() -> None:
+        with torch.no_grad():
             rgb, aux = routing.prepare(image)
             model(rgb, aux).logits.softmax(1)
-            if i >= args["warmup"]:
-                times.append(time.perf_counter() - start)
-    return times
+
+    return step
 
 
-def _train_times(model: Any, args: dict[str, Any]) -> list[float]:
+def _train_step(model: Any, args: dict[str, Any]) -> Any:
+    """One optimisation step as `training_cost.py` runs it (a callable)."""
     import torch
     from torch import nn
 
@@ -71,9 +73,8 @@ def _train_times(model: Any, args: dict[str, Any]) -> list[float]:
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3, weight_decay=1e-4)
     criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     image, mask, _ = _inputs(args, args["train_batch"], args["patch"])
-    times = []
-    for i in range(args["warmup"] + args["repeats"]):
-        start = time.perf_counter()
+
+    def step() -> None:
         rgb, aux = routing.prepare(image)
         out = model(rgb, aux, target=mask)
         loss = criterion(out.logits, mask)
@@ -82,9 +83,37 @@ def _train_times(model: Any, args: dict[str, Any]) -> list[float]:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if i >= args["warmup"]:
-            times.append(time.perf_counter() - start)
-    return times
+
+    return step
+
+
+def _timed(step: Any) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def _interleaved(args: dict[str, Any]) -> dict[str, Any]:
+    """Speed-up NCHW / channels_last with both models in one process, one step of each
+    per round in alternating order: the machine's drift between minutes (10-20 %) stays
+    out of the ratio, which separate processes one after another do not guarantee."""
+    import torch
+
+    make = _predict_step if args["mode"] == "predict" else _train_step
+    steps = {}
+    for fmt in (False, True):
+        torch.manual_seed(0)
+        model = C.model("gopt", args["backbone"])
+        model.backbone.set_channels_last(fmt)
+        steps[fmt] = make(model, args)
+        for _ in range(args["warmup"]):
+            steps[fmt]()
+    ratios = []
+    for r in range(args["rounds"]):
+        order = (False, True) if r % 2 == 0 else (True, False)
+        t = {fmt: _timed(steps[fmt]) for fmt in order}
+        ratios.append(t[False] / t[True])
+    return {"ratios": ratios}
 
 
 def _numerics(model: Any, args: dict[str, Any]) -> dict[str, Any]:
@@ -110,10 +139,12 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
     model = C.model("gopt", args["backbone"])
     if args["mode"] == "numerics":
         return _numerics(model, args)
+    if args.get("interleaved"):
+        return _interleaved(args)
     model.backbone.set_channels_last(args["channels_last"])
     before = C.current_rss_mib()
-    run = _predict_times if args["mode"] == "predict" else _train_times
-    times = run(model, args)
+    step = (_predict_step if args["mode"] == "predict" else _train_step)(model, args)
+    times = [_timed(step) for _ in range(args["warmup"] + args["repeats"])][args["warmup"] :]
     return {"times": times, "rss_before_mib": before}
 
 
@@ -126,6 +157,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--processes", type=int, default=3, help="fresh processes per case")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds per mode")
     args = parser.parse_args()
     C.quiet()
     quick = args.quick
@@ -155,12 +187,17 @@ def main() -> None:
                 "peak_rss_mib": C.median([p["peak_rss_mib"] for p in procs]),
                 "extra_mib": C.median([p["peak_rss_mib"] - p["rss_before_mib"] for p in procs]),
             }
+        print(f"{mode}: interleaved ...", flush=True)
+        C.wait_for_quiet(timeout=0 if quick else 60)
+        case = {**common, "mode": mode, "interleaved": True, "rounds": 2 if quick else args.rounds}
+        res[f"{mode}:interleaved"] = C.run_child("channels_last.py", case)
     numerics = C.run_child("channels_last.py", {**common, "mode": "numerics"})
     C.save_raw(args.work, SECTION, {"machine": m, "runs": res, "numerics": numerics}, quick)
     rows, verdicts = [], []
     for mode in ("predict", "train"):
         step = {f: C.median(res[f"{mode}:{f}"]["times"]) for f in ("nchw", "nhwc")}
         speedup = step["nchw"] / step["nhwc"]
+        paired = C.median(res[f"{mode}:interleaved"]["ratios"])
         for fmt, name in (("nchw", "NCHW"), ("nhwc", "channels_last (default)")):
             r = res[f"{mode}:{fmt}"]
             rows.append(
@@ -171,9 +208,15 @@ def main() -> None:
                     f"{step[fmt]:.3f}",
                     f"{r['peak_rss_mib']:.0f}",
                     f"{speedup:.2f}x" if fmt == "nhwc" else "",
+                    f"{paired:.2f}x" if fmt == "nhwc" else "",
                 ]
             )
-        verdicts.append(f"- {mode}: channels_last is {speedup:.2f}x as fast as NCHW.")
+        spread = res[f"{mode}:interleaved"]["ratios"]
+        verdicts.append(
+            f"- {mode}: channels_last is {paired:.2f}x as fast as NCHW, interleaved "
+            f"({len(spread)} rounds, {min(spread):.2f}-{max(spread):.2f}); "
+            f"{speedup:.2f}x from the separate processes."
+        )
     label = C.BACKBONE_LABEL[common["backbone"]]
     body = "\n".join(
         [
@@ -185,9 +228,24 @@ def main() -> None:
             f"{common['window']}² windows, eval, no_grad, softmax included; train: batch "
             f"{common['train_batch']}, patch {common['patch']}², AdamW, checkpoint_backbone "
             f"auto; {common['warmup']} warm-up + {common['repeats']} timed repeats per "
-            f"process, {processes} fresh process(es) per case; time = median.",
+            f"process, {processes} fresh process(es) per case; time = median. "
+            "Interleaved: one more process per mode holds both formats (same weights) and "
+            "times one step of each per round in alternating order; the speed-up is the "
+            "median over rounds of NCHW / channels_last (free of the machine's drift between "
+            "minutes, which the processes one after another are not).",
             "",
-            C.table(["mode", "format", "repeats", "s", "peak RSS MiB", "speed-up"], rows),
+            C.table(
+                [
+                    "mode",
+                    "format",
+                    "repeats",
+                    "s",
+                    "peak RSS MiB",
+                    "speed-up",
+                    "speed-up, interleaved",
+                ],
+                rows,
+            ),
             "",
             *verdicts,
             f"- Same predictions: max |logit difference| {numerics['max_abs_diff']:.2e}, "
