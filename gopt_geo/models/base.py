@@ -131,9 +131,9 @@ class SegmentationModel(nn.Module):
         Why ``auto`` means ViTs only (benchmarks/training_cost.py, patch 256, batch 8,
         tensor peak relative to full fine-tuning): prompters between all blocks make
         backward run through every frozen block, so without it a ViT-S GoPT step keeps
-        0.70x (0.52x with half the blocks checkpointed, 0.37x with all), for one more
-        forward of each checkpointed block. A CNN keeps far less (EfficientNet-Lite0:
-        0.43x without), so there the recomputation buys little.
+        0.70x (0.58x with a third of the blocks checkpointed, the default, 0.37x with
+        all), for one more forward of each checkpointed block. A CNN keeps far less
+        (EfficientNet-Lite0: 0.43x without), so there the recomputation buys little.
         """
         share = checkpoint_share(mode)
         if share == "auto":

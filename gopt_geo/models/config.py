@@ -220,9 +220,10 @@ class ParameterReport:
 #: ``train.checkpoint_backbone: auto`` on a frozen ViT: the share of its blocks whose
 #: activations are recomputed in backward instead of kept. A ViT-S/16 GoPT step (patch
 #: 256, batch 8; benchmarks/RESULTS.md, training cost), relative to full fine-tuning, time
-#: and tensor peak: none 0.84 / 0.70, a quarter 0.89 / 0.61, half 0.88 / 0.52, all
-#: 0.98 / 0.37. Half is the least recomputation measured under 0.6.
-AUTO_VIT_SHARE = 0.5
+#: (interleaved with it in one process) and tensor peak: none 0.77 / 0.70, a quarter
+#: 0.82 / 0.61, a third 0.84 / 0.58, half 0.87 / 0.52, all 0.97 / 0.37. A third is the
+#: only share measured within both of issue 15's targets (time <= 0.85, memory <= 0.6).
+AUTO_VIT_SHARE = 1 / 3
 
 
 def checkpoint_share(mode: object) -> float | str:
