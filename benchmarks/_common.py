@@ -144,6 +144,35 @@ def machine_line(m: dict[str, Any]) -> str:
     )
 
 
+def interleaved_ratios(
+    steps: dict[str, Callable[[], object]], reference: str, rounds: int, warmup: int = 1
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Time one call of every step per round, in an order rotated each round, and give
+    each step's median over rounds of its time / ``reference``'s time in that round.
+
+    This VM's speed drifts by 10-20 % between minutes: steps timed one after another in
+    separate processes carry that drift into their ratios; steps interleaved call by call
+    in one process do not. Returns (times per step, median ratio per step but the
+    reference).
+    """
+    order = list(steps)
+    for key in order:
+        for _ in range(warmup):
+            steps[key]()
+    times: dict[str, list[float]] = {key: [] for key in order}
+    for r in range(rounds):
+        for key in order[r % len(order) :] + order[: r % len(order)]:
+            start = time.perf_counter()
+            steps[key]()
+            times[key].append(time.perf_counter() - start)
+    ratios = {
+        key: median([t / f for t, f in zip(times[key], times[reference], strict=True)])
+        for key in order
+        if key != reference
+    }
+    return times, ratios
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 

@@ -101,19 +101,14 @@ def _interleaved(args: dict[str, Any]) -> dict[str, Any]:
 
     make = _predict_step if args["mode"] == "predict" else _train_step
     steps = {}
-    for fmt in (False, True):
+    for fmt, key in ((False, "nchw"), (True, "nhwc")):
         torch.manual_seed(0)
         model = C.model("gopt", args["backbone"])
         model.backbone.set_channels_last(fmt)
-        steps[fmt] = make(model, args)
-        for _ in range(args["warmup"]):
-            steps[fmt]()
-    ratios = []
-    for r in range(args["rounds"]):
-        order = (False, True) if r % 2 == 0 else (True, False)
-        t = {fmt: _timed(steps[fmt]) for fmt in order}
-        ratios.append(t[False] / t[True])
-    return {"ratios": ratios}
+        steps[key] = make(model, args)
+    times, _ = C.interleaved_ratios(steps, "nhwc", args["rounds"], warmup=args["warmup"])
+    # per round, for the spread the report gives beside the median
+    return {"ratios": [n / c for n, c in zip(times["nchw"], times["nhwc"], strict=True)]}
 
 
 def _numerics(model: Any, args: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -74,31 +75,15 @@ def _paired(args: dict[str, Any]) -> dict[str, Any]:
     """
     gopt, gopt_step = _trainer(args, "gopt")
     _, full_step = _trainer(args, "early_fusion")
-    keys = [key for key, variant, _, _ in CASES if variant == "gopt"]
-    shares = {key: ckpt for key, _, ckpt, _ in CASES}
 
-    def timed(key: str) -> float:
-        if key == "early_fusion":
-            start = time.perf_counter()
-            full_step()
-        else:
-            gopt.set_backbone_checkpointing(shares[key])
-            start = time.perf_counter()
-            gopt_step()
-        return time.perf_counter() - start
+    def case(share: bool | float) -> None:
+        gopt.set_backbone_checkpointing(share)  # sets a share: nothing to time
+        gopt_step()
 
-    order = [*keys, "early_fusion"]
-    for key in order:  # warm-up: every case once
-        timed(key)
-    times: dict[str, list[float]] = {key: [] for key in order}
-    for r in range(args["rounds"]):
-        rotated = order[r % len(order) :] + order[: r % len(order)]
-        for key in rotated:
-            times[key].append(timed(key))
-    ratios = {
-        key: C.median([t / f for t, f in zip(times[key], times["early_fusion"], strict=True)])
-        for key in keys
-    }
+    steps = {key: partial(case, ckpt) for key, variant, ckpt, _ in CASES if variant == "gopt"}
+    times, ratios = C.interleaved_ratios(
+        {**steps, "early_fusion": full_step}, "early_fusion", args["rounds"]
+    )
     return {"times": times, "ratios": ratios, "rounds": args["rounds"]}
 
 
