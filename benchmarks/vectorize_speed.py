@@ -1,6 +1,6 @@
 """Issue 7, item 8: vectorisation time, peak memory and polygons per second.
 
-``gopt_geo.inference.vectorize`` on an 8192² class map. The class map is the reference
+``gopt_geo.outputs.vectorize`` on an 8192² class map. The class map is the reference
 land-cover raster of a synthetic 8192² scene (uint8 WHU-OPT-SAR codes with class-name
 tags, i.e. the structure of a clean predicted map: ~40-pixel parcels, roads, lakes);
 each run is a fresh process (peak RSS = ``ru_maxrss``), median of ``--repeats``.

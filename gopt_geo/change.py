@@ -3,7 +3,7 @@
 Two maps of one area (two dates, or two models) are compared pixel by pixel on BEFORE's
 grid; AFTER, in any CRS and resolution, is warped onto it on the fly (nearest neighbour, a
 ``WarpedVRT`` read strip by strip, design §1), so memory stays flat in the scene's size.
-The outputs form one set, committed together (:mod:`gopt_geo.inference.staging`):
+The outputs form one set, committed together (:mod:`gopt_geo.outputs.staging`):
 
 - ``NAME_transitions.tif``: one code per from->to pair (``1 + i * T + j`` for BEFORE's
   i-th and AFTER's j-th class, in code order), nodata 0 where either map is nodata or,
@@ -37,10 +37,6 @@ from rasterio.windows import Window
 
 from .data.classes import DEFAULT_COLOURS, names_from_tags, scheme_from_tags
 from .errors import InputError
-from .inference.reader import Grid, pixel_areas_m2
-from .inference.staging import StagedSet
-from .inference.styles import paletted_qml
-from .inference.writers import StripRasterWriter, rat_xml
 from .io import (
     bounds_in,
     ensure_output_dir,
@@ -50,6 +46,10 @@ from .io import (
     streaming_gdal_env,
     warp_onto,
 )
+from .outputs.grid import Grid, pixel_areas_m2
+from .outputs.staging import StagedSet
+from .outputs.styles import paletted_qml
+from .outputs.writers import StripRasterWriter, rat_xml
 
 #: Nodata of the transition map.
 TRANSITION_NODATA = 0

@@ -327,7 +327,7 @@ def vectorize(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
 ) -> None:
     """Polygonise a class map into vector land cover (dissolved per class, seams merged)."""
-    from .inference.vectorize import vectorize as run_vectorize
+    from .outputs.vectorize import vectorize as run_vectorize
 
     result = run_vectorize(
         class_map,

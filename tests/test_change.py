@@ -20,8 +20,8 @@ from gopt_geo.change import TRANSITIONS_TAG, change_maps
 from gopt_geo.cli import app
 from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
 from gopt_geo.errors import InputError
-from gopt_geo.inference.reader import Grid
-from gopt_geo.inference.writers import StripRasterWriter, class_map_metadata
+from gopt_geo.outputs.grid import Grid
+from gopt_geo.outputs.writers import StripRasterWriter, class_map_metadata
 
 CLASSES = WHU_OPT_SAR_CLASSES
 NODATA = 255

@@ -1,7 +1,7 @@
 """Runs that never lose work: a prediction's outputs form one set.
 
 The real command line is interrupted at known stages (the ``GOPT_GEO_TEST_PAUSE_AT`` test
-hook of :mod:`gopt_geo.inference.staging`): while windows are predicted, while polygons
+hook of :mod:`gopt_geo.outputs.staging`): while windows are predicted, while polygons
 are written, and inside the commit. SIGKILL runs the CLI in a subprocess (nothing can
 catch it); SIGINT and SIGTERM run it both ways: in a subprocess, and in this process
 with the hook sending the signal to the process itself (a real signal through the real
@@ -37,8 +37,8 @@ from gopt_geo.cli import app
 from gopt_geo.data.bands import BandRouting
 from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
 from gopt_geo.data.synthetic import SceneFiles, make_scene
-from gopt_geo.inference.staging import PAUSE_ENV, SIGNAL_ENV
 from gopt_geo.models import ModelConfig, build_model
+from gopt_geo.outputs.staging import PAUSE_ENV, SIGNAL_ENV
 
 pytestmark = pytest.mark.filterwarnings("ignore::gopt_geo.models.RandomBackboneWarning")
 

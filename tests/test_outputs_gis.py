@@ -40,13 +40,14 @@ from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
 from gopt_geo.data.synthetic import OPTICAL_BANDS, SAR_BANDS, SceneFiles, make_scene
 from gopt_geo.errors import InputError
 from gopt_geo.inference import PredictOptions, Predictor
-from gopt_geo.inference.outputs import normalised_entropy
 from gopt_geo.inference.predictor import PredictionResult, predict_scene
-from gopt_geo.inference.quicklook import _overview_level, class_panel, panel_shape
-from gopt_geo.inference.reader import Grid, SceneReader
-from gopt_geo.inference.stac import write_collection
-from gopt_geo.inference.writers import StripRasterWriter
+from gopt_geo.inference.reader import SceneReader
 from gopt_geo.models import ModelConfig, SegmentationOutput, build_model
+from gopt_geo.outputs.grid import Grid
+from gopt_geo.outputs.output_set import normalised_entropy
+from gopt_geo.outputs.quicklook import _overview_level, class_panel, panel_shape
+from gopt_geo.outputs.stac import write_collection
+from gopt_geo.outputs.writers import StripRasterWriter
 
 pytestmark = pytest.mark.filterwarnings("ignore::gopt_geo.models.RandomBackboneWarning")
 

@@ -27,9 +27,10 @@ from gopt_geo.data.synthetic import (
 )
 from gopt_geo.errors import InputError
 from gopt_geo.inference import PredictOptions, Predictor, WindowPlan, blend_weight
-from gopt_geo.inference.reader import Grid, SceneReader
-from gopt_geo.inference.writers import StripRasterWriter
+from gopt_geo.inference.reader import SceneReader
 from gopt_geo.models import ModelConfig, SegmentationOutput, build_model
+from gopt_geo.outputs.grid import Grid
+from gopt_geo.outputs.writers import StripRasterWriter
 
 pytestmark = pytest.mark.filterwarnings("ignore::gopt_geo.models.RandomBackboneWarning")
 

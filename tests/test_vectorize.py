@@ -18,8 +18,8 @@ from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
 from gopt_geo.data.synthetic import make_scene
 from gopt_geo.errors import InputError
 from gopt_geo.inference import vectorize
-from gopt_geo.inference.reader import Grid, pixel_areas_m2
-from gopt_geo.inference.writers import StripRasterWriter, class_map_metadata
+from gopt_geo.outputs.grid import Grid, pixel_areas_m2
+from gopt_geo.outputs.writers import StripRasterWriter, class_map_metadata
 
 CLASSES = WHU_OPT_SAR_CLASSES
 NODATA = 255
@@ -214,7 +214,7 @@ def test_failed_vectorize_leaves_no_file(
     class_map: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
 ) -> None:
     """An error after some polygons were written removes the temporary file; no output."""
-    module = importlib.import_module("gopt_geo.inference.vectorize")  # not the function
+    module = importlib.import_module("gopt_geo.outputs.vectorize")  # not the function
     original, calls = module._write_batch, []
 
     def failing(*args, **kwargs):

@@ -10,15 +10,16 @@ it, for one scene), :mod:`.sources` (scenes from paths, URLs, STAC, manifests) a
 :mod:`.many` (many scenes on any executor).
 """
 
+from ..outputs.grid import Grid
+from ..outputs.output_set import OutputSet
+from ..outputs.vectorize import VectorResult, vectorize
 from .many import RunResult, predict_many
 from .options import PredictOptions
-from .outputs import OutputSet
 from .predictor import PredictionResult, Predictor, predict_scene
-from .reader import Grid, SceneReader
+from .reader import SceneReader
 from .report import PredictionStats
 from .sources import Scene, collect_scenes
 from .tiling import WindowPlan, blend_weight, stream_rows
-from .vectorize import VectorResult, vectorize
 
 __all__ = [
     "Grid",

@@ -59,9 +59,9 @@ from ..io import (
     strict_json,
     write_text_atomic,
 )
+from ..outputs.stac import write_collection
 from .options import PredictOptions
 from .sources import Scene, safe_id
-from .stac import write_collection
 
 RUN_JSON = "run.json"
 RUN_MARKDOWN = "run.md"

@@ -12,11 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from ..outputs.vectorize import VECTOR_FORMATS, check_polygon_options
 from .tiling import AUTO_MARGIN, check_margin, check_window
-from .vectorize import check_polygon_options
-
-#: ``vector`` option -> file suffix of the vector land cover.
-VECTOR_FORMATS = {"gpkg": ".gpkg", "parquet": ".parquet", "geojson": ".geojson"}
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,12 @@ tested and changed alone: :class:`~gopt_geo.inference.reader.SceneReader` reads 
 :func:`~gopt_geo.inference.tiling.stream_rows` blends the model's windows into finished
 rows while holding one strip of rows (memory flat in the scene's height, design §6;
 each window is read with a margin of context that the tiling cuts off again),
-:class:`~gopt_geo.inference.outputs.OutputSet` writes those rows as COGs,
-:func:`~gopt_geo.inference.vectorize.write_polygons` polygonises the class map,
-:mod:`~gopt_geo.inference.quicklook` draws it beside the optical image,
-:mod:`~gopt_geo.inference.report` and :mod:`~gopt_geo.inference.stac` describe the run;
+:class:`~gopt_geo.outputs.output_set.OutputSet` writes those rows as COGs,
+:func:`~gopt_geo.outputs.vectorize.write_polygons` polygonises the class map,
+:mod:`~gopt_geo.outputs.quicklook` draws it beside the optical image,
+:mod:`~gopt_geo.inference.report` and :mod:`~gopt_geo.outputs.stac` describe the run;
 every file stays under a temporary name until the output set commits them all at once
-(:mod:`~gopt_geo.inference.staging`). What to do comes in one
+(:mod:`~gopt_geo.outputs.staging`). What to do comes in one
 :class:`~gopt_geo.inference.options.PredictOptions`.
 
 A model that does not read SAR - it ignores the auxiliary input (variant
@@ -51,17 +51,17 @@ from ..io import (
     resolve_device,
     streaming_gdal_env,
 )
+from ..outputs.output_set import OutputSet
+from ..outputs.quicklook import optical_panel, panel_shape, write_quicklook
+from ..outputs.stac import build_item, item_json
+from ..outputs.staging import pause_point, terminate_as_exit
+from ..outputs.vectorize import SHORT_HASH, VectorResult, driver_for, write_polygons
 from .context import scene_context
 from .options import PredictOptions
-from .outputs import OutputSet
-from .quicklook import optical_panel, panel_shape, write_quicklook
 from .reader import SceneReader
 from .report import PredictionStats, build_report, render_markdown, report_json
 from .sanity import check_inputs
-from .stac import build_item, item_json
-from .staging import pause_point, terminate_as_exit
 from .tiling import WindowPlan, stream_rows
-from .vectorize import SHORT_HASH, VectorResult, driver_for, write_polygons
 
 #: Model variants whose model ignores the auxiliary input (design §3): they predict
 #: without SAR; the SAR bands are fed as their training means (0 after normalising).

@@ -19,8 +19,8 @@ from ..data.classes import ClassScheme
 from ..io import write_text_atomic
 
 if TYPE_CHECKING:
+    from ..outputs.vectorize import VectorResult
     from .tiling import WindowPlan
-    from .vectorize import VectorResult
 
 
 @dataclass

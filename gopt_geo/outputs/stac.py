@@ -40,8 +40,8 @@ from .. import __version__
 from ..data.classes import ClassScheme
 from ..errors import InputError
 from ..io import check_writable, ensure_output_dir, write_text_atomic
-from .outputs import CONFIDENCE_SCALE, PROBABILITY_SCALE, UNCERTAINTY_NODATA, UNCERTAINTY_SCALE
-from .reader import Grid
+from .grid import Grid
+from .output_set import CONFIDENCE_SCALE, PROBABILITY_SCALE, UNCERTAINTY_NODATA, UNCERTAINTY_SCALE
 
 #: The processing extension (``processing:software``, ``processing:datetime``).
 PROCESSING_SCHEMA = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
@@ -188,7 +188,7 @@ def build_item(
 ) -> pystac.Item:
     """The STAC item of one run (module docstring).
 
-    ``files`` maps output names (as :func:`~gopt_geo.inference.outputs.output_paths`
+    ``files`` maps output names (as :func:`~gopt_geo.outputs.output_set.output_paths`
     names them) to ``(final path, path of the finished file now)``: hrefs come from the
     first, sizes and checksums from the second. ``inputs`` is the reader's description
     (names as messages give them), ``input_hrefs`` the inputs as given (title -> path or

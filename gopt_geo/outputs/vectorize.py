@@ -63,11 +63,13 @@ from ..io import (
     rasterio_reason,
     streaming_gdal_env,
 )
-from .reader import pixel_size_m
+from .grid import pixel_size_m
 from .staging import pause_point
 from .styles import add_gpkg_style, categorized_qml
 from .writers import ADAPTER_TAG, SCENE_TAG
 
+#: ``vector`` option of a prediction -> file suffix of the vector land cover.
+VECTOR_FORMATS = {"gpkg": ".gpkg", "parquet": ".parquet", "geojson": ".geojson"}
 #: File suffix -> output driver.
 DRIVERS = {
     ".gpkg": "GPKG",

@@ -5,7 +5,7 @@ map. :class:`StripRasterWriter` buffers those rows until a full row of tiles is 
 writes it to a temporary tiled GeoTIFF, and on :meth:`~StripRasterWriter.finish` copies
 that file to COG layout (GDAL's COG driver: tiles, DEFLATE, internal overviews) under a
 second temporary name, which is renamed to the final name only when complete (or left
-for an output set to commit with its other files, :mod:`~gopt_geo.inference.staging`). A
+for an output set to commit with its other files, :mod:`~gopt_geo.outputs.staging`). A
 failed or interrupted run therefore never leaves a file that looks finished.
 
 The class map carries what a GIS or a notebook needs to read it without gopt-geo: the
@@ -27,7 +27,7 @@ from rasterio.windows import Window
 
 from ..data.classes import CLASSES_TAG, ClassScheme
 from ..io import atomic_path, remove_quietly, temporary_name, write_text_atomic
-from .reader import Grid
+from .grid import Grid
 
 #: Nodata of the class map, unless a class uses that code (see :func:`class_map_nodata`).
 CLASS_MAP_NODATA = 255

@@ -6,7 +6,7 @@ blended logits into the class map (dataset codes), the confidence, the probabili
 the uncertainty, counts the mapped classes, and finishes the rasters with their metadata,
 sidecars and QGIS styles. Every file of the run - rasters, sidecars, styles, vectors,
 quicklook, STAC item, report - is completed under its temporary name and the whole set is
-committed in one short step at the end (:mod:`~gopt_geo.inference.staging`, design §10), or
+committed in one short step at the end (:mod:`~gopt_geo.outputs.staging`, design §10), or
 every temporary file is removed when the run fails. The predictor only hands it rows and
 files; the tiling never sees a file.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -23,15 +24,31 @@ import torch
 from ..data.classes import ClassScheme
 from ..io import ensure_output_dir
 from . import styles
-from .options import VECTOR_FORMATS, PredictOptions
-from .reader import Grid, pixel_areas_m2
+from .grid import Grid, pixel_areas_m2
 from .staging import StagedSet
+from .vectorize import VECTOR_FORMATS
 from .writers import (
     StripRasterWriter,
     class_map_metadata,
     class_map_nodata,
     class_rat_xml,
 )
+
+
+class Products(Protocol):
+    """What a set holds beyond the class map, and whether it may replace an old set.
+
+    :class:`~gopt_geo.inference.options.PredictOptions` is one; the output layer only
+    reads these fields, so it needs nothing from the prediction layer above it.
+    """
+
+    confidence: bool
+    probabilities: bool
+    uncertainty: bool
+    uncertainty_threshold: float
+    vector: str | None
+    overwrite: bool
+
 
 #: Confidence: max class probability x 255, 0 for no prediction.
 CONFIDENCE_SCALE = 255
@@ -73,7 +90,7 @@ def output_family(scene: str | Path, out_dir: Path) -> list[Path]:
     return [Path(out_dir) / f"{stem}{suffix}" for suffix in FAMILY.values()]
 
 
-def output_paths(scene: str | Path, out_dir: Path, options: PredictOptions) -> dict[str, Path]:
+def output_paths(scene: str | Path, out_dir: Path, options: Products) -> dict[str, Path]:
     """File names of this run's outputs, derived from the scene's name."""
     stem = Path(scene).stem
     out_dir = Path(out_dir)
@@ -126,7 +143,7 @@ class OutputSet:
         scene: str | Path,
         out_dir: Path,
         classes: ClassScheme,
-        options: PredictOptions,
+        options: Products,
         *,
         scene_id: str | None = None,
         adapter_sha256: str | None = None,
