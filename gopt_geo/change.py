@@ -31,21 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
-from rasterio.enums import Resampling
-from rasterio.windows import Window
 
-from .data.classes import DEFAULT_COLOURS, names_from_tags, scheme_from_tags
+from .data.classes import DEFAULT_COLOURS, ClassScheme, names_from_tags, scheme_from_tags
 from .errors import InputError
 from .io import (
     bounds_in,
     ensure_output_dir,
     open_raster,
-    rasterio_reason,
-    same_grid,
     streaming_gdal_env,
-    warp_onto,
 )
+from .outputs.aligned import AlignedRaster, read_with_mask, strips
 from .outputs.grid import Grid, pixel_areas_m2
 from .outputs.staging import StagedSet
 from .outputs.styles import paletted_qml
@@ -124,18 +119,18 @@ def transition_code(i: int, j: int, n_after: int) -> int:
     return 1 + i * n_after + j
 
 
-def _classes(path: Path, src: Any) -> list[MapClass]:
-    """The classes a map's tags declare, in code order, with colours (scheme, colour
-    table, or defaults). A gopt-geo scheme's ignore codes (background) are not classes:
-    their pixels are not compared, as in evaluation."""
+def _classes(path: Path, src: Any, given: ClassScheme | None = None) -> list[MapClass]:
+    """The classes a map's tags declare (or ``given``, for maps from other tools), in code
+    order, with colours (scheme, colour table, or defaults). A gopt-geo scheme's ignore
+    codes (background) are not classes: their pixels are not compared, as in evaluation."""
     names = names_from_tags(src.tags(), src.tags(1))
-    scheme = scheme_from_tags(src.tags())
+    scheme = given or scheme_from_tags(src.tags())
     if scheme is not None:
         names = {c.code: c.name for c in scheme.classes}
     if not names:
         raise InputError(
             f"{path}: no class names in the map's tags (a class map from gopt-geo predict, "
-            "or a raster with CLASS_<code> tags)"
+            "or a raster with CLASS_<code> tags); give the scheme with --classes"
         )
     colours: dict[int, tuple[int, int, int]] = {}
     if scheme is not None:
@@ -205,51 +200,6 @@ def _entries(
     return out  # type: ignore[return-value]
 
 
-class _Masked:
-    """A raster read on BEFORE's grid (warped when needed) with its validity."""
-
-    def __init__(self, path: Path, like: Any, role: str) -> None:
-        self.path = path
-        self.role = role
-        self.src = open_raster(path)
-        self.vrt = None
-        self.alpha: int | None = None
-        self.scale = float(self.src.scales[0] or 1.0)
-        self.offset = float(self.src.offsets[0] or 0.0)
-        try:
-            if not same_grid(self.src, like):
-                if like.crs is None or self.src.crs is None:
-                    raise InputError(
-                        f"{path}: {role} is on another grid than {like.name}, and one of them "
-                        "has no CRS; give both a CRS (or the same grid)"
-                    )
-                if self.src.nodata is not None:
-                    self.vrt = warp_onto(self.src, like, Resampling.nearest, nodata=self.src.nodata)
-                else:  # the footprint is only known through an alpha band
-                    self.vrt = warp_onto(self.src, like, Resampling.nearest, add_alpha=True)
-                    self.alpha = self.src.count + 1
-        except BaseException:
-            self.close()
-            raise
-
-    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        ds = self.vrt if self.vrt is not None else self.src
-        try:
-            data = ds.read(1, window=window)
-            if self.alpha is not None:
-                valid = ds.read(self.alpha, window=window) > 0
-            else:
-                valid = ds.read_masks(1, window=window) > 0
-        except rasterio.errors.RasterioError as err:
-            raise InputError(f"{self.path}: cannot read pixels ({rasterio_reason(err)})") from None
-        return data, valid
-
-    def close(self) -> None:
-        if self.vrt is not None:
-            self.vrt.close()
-        self.src.close()
-
-
 def change_maps(
     before: str | Path,
     after: str | Path,
@@ -261,6 +211,7 @@ def change_maps(
     after_confidence: str | Path | None = None,
     overwrite: bool = False,
     block_rows: int = 512,
+    classes: ClassScheme | None = None,
 ) -> ChangeResult:
     """Compare two class maps of the same place into ``out_dir`` (module docstring).
 
@@ -268,6 +219,8 @@ def change_maps(
     ``min_confidence`` (0..1) masks pixels where either map's confidence is lower, read
     from ``before_confidence`` / ``after_confidence`` or, by default, the
     ``X_confidence.tif`` that gopt-geo predict wrote beside ``X_classes.tif``.
+    ``classes``: the scheme of both maps, for maps from other tools that carry none
+    (it replaces what the maps' tags declare).
     """
     before, after, out_dir = Path(before), Path(after), Path(out_dir)
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
@@ -307,7 +260,16 @@ def change_maps(
     start = time.perf_counter()
     with streaming_gdal_env():
         result = _compare(
-            before, after, finals, staging, name, min_confidence, confidences, block_rows, overwrite
+            before,
+            after,
+            finals,
+            staging,
+            name,
+            min_confidence,
+            confidences,
+            block_rows,
+            overwrite,
+            classes,
         )
     result.seconds = time.perf_counter() - start
     return result
@@ -323,18 +285,19 @@ def _compare(
     confidences: list[tuple[Path, str]],
     block_rows: int,
     overwrite: bool,
+    classes: ClassScheme | None = None,
 ) -> ChangeResult:
-    opened: list[_Masked] = []
+    opened: list[AlignedRaster] = []
     writer: StripRasterWriter | None = None
     try:
         with open_raster(before) as b_src:
-            b_classes = _classes(before, b_src)
-            after_map = _Masked(after, b_src, "AFTER class map")
+            b_classes = _classes(before, b_src, classes)
+            after_map = AlignedRaster(after, b_src, "AFTER class map")
             opened.append(after_map)
-            a_classes = _classes(after, after_map.src)
+            a_classes = _classes(after, after_map.src, classes)
             conf_maps = []
             for path, role in confidences:
-                conf_maps.append(_Masked(path, b_src, f"{role} confidence"))
+                conf_maps.append(AlignedRaster(path, b_src, f"{role} confidence"))
                 opened.append(conf_maps[-1])
             n_b, n_a = len(b_classes), len(a_classes)
             pairs = n_b * n_a
@@ -356,16 +319,9 @@ def _compare(
             pixels = np.zeros(pairs, dtype=np.int64)
             areas = np.zeros(pairs, dtype=np.float64) if grid.crs is not None else None
             nodata = masked = 0
-            for row0 in range(0, grid.height, block_rows):
-                n = min(block_rows, grid.height - row0)
-                window = Window(0, row0, grid.width, n)
-                try:
-                    b_codes = b_src.read(1, window=window)
-                    b_valid = b_src.read_masks(1, window=window) > 0
-                except rasterio.errors.RasterioError as err:
-                    raise InputError(
-                        f"{before}: cannot read pixels ({rasterio_reason(err)})"
-                    ) from None
+            for row0, window in strips(grid.height, grid.width, block_rows):
+                n = int(window.height)
+                b_codes, b_valid = read_with_mask(b_src, window, before)
                 a_codes, a_valid = after_map.read(window)
                 i = lut_b[b_codes.astype(np.int64) & 0xFFFF]
                 j = lut_a[a_codes.astype(np.int64) & 0xFFFF]

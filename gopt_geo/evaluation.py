@@ -144,41 +144,29 @@ def evaluate_maps(
     prediction; a map with neither is refused. ``within``: a 0/1 raster on the
     prediction's grid (e.g. a cloud mask); only its non-zero pixels are scored.
     """
-    from rasterio.enums import Resampling
-    from rasterio.windows import Window
-
     from .data.classes import scheme_from_tags
-    from .io import check_overlap, open_raster, same_grid, warp_onto
+    from .io import check_overlap, open_raster
+    from .outputs.aligned import AlignedRaster, read_with_mask, strips
 
     check_overlap(prediction, reference, "reference")
-    with open_raster(prediction) as pred, open_raster(reference) as ref:
+    with open_raster(prediction) as pred, AlignedRaster(reference, pred, "reference") as ref:
         scheme = classes or scheme_from_tags(pred.tags())
         if scheme is None:
             raise InputError(
                 f"{prediction}: the map carries no gopt-geo class scheme; give the scheme "
-                "(a map written by gopt-geo predict has one)"
+                "(--classes: a built-in scheme name or a class file)"
             )
         lut = scheme.code_to_index_lut().astype(np.int64)
-        src = (
-            ref
-            if same_grid(ref, pred)
-            else warp_onto(ref, pred, Resampling.nearest, nodata=ref.nodata)
-        )
         cm = np.zeros((scheme.num_classes, scheme.num_classes), dtype=np.int64)
         region = open_raster(within) if within is not None else None
         if region is not None and region.shape != pred.shape:
             region.close()
             raise InputError(f"{within}: mask is {region.shape}, prediction {pred.shape}")
         try:
-            for row in range(0, pred.height, block_rows):
-                win = Window(0, row, pred.width, min(block_rows, pred.height - row))
-                p = pred.read(1, window=win)
-                r = src.read(1, window=win)
-                valid = np.ones(p.shape, dtype=bool)
-                if pred.nodata is not None:
-                    valid &= p != pred.nodata
-                if ref.nodata is not None:
-                    valid &= r != ref.nodata
+            for _, win in strips(pred.height, pred.width, block_rows):
+                p, valid = read_with_mask(pred, win, prediction)
+                r, ref_valid = ref.read(win)
+                valid &= ref_valid
                 pi = lut[np.clip(p, 0, 255).astype(np.int64)]
                 ri = lut[np.clip(r, 0, 255).astype(np.int64)]
                 if region is not None:
@@ -186,8 +174,6 @@ def evaluate_maps(
                 ri[~valid] = IGNORE_INDEX
                 cm += confusion_matrix(ri, pi, scheme.num_classes)
         finally:
-            if src is not ref:
-                src.close()
             if region is not None:
                 region.close()
     if cm.sum() == 0:

@@ -201,6 +201,21 @@ URL_FILESYSTEMS = {
 #: GDAL options for remote rasters: do not list the remote "folder" on open (one request
 #: per file instead of a directory crawl; the sidecars a listing would find are not used).
 REMOTE_GDAL_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+#: GDAL's HTTP settings for remote rasters, set as process-wide defaults the first time a
+#: remote raster is opened (environment variables the user set win; README "Remote
+#: rasters"). Without them a server that accepts the connection and never answers holds
+#: a run for as long as the operating system keeps the socket open (many minutes):
+#: connect within 10 s; a transfer slower than 1 byte/s for 30 s is a failure; HTTP 429
+#: and 5xx answers and connection errors are retried 3 times with GDAL's exponential
+#: backoff from 1 s. A failure after that names the URL and GDAL's reason.
+HTTP_DEFAULTS = {
+    "GDAL_HTTP_CONNECTTIMEOUT": "10",
+    "GDAL_HTTP_LOW_SPEED_LIMIT": "1",
+    "GDAL_HTTP_LOW_SPEED_TIME": "30",
+    "GDAL_HTTP_MAX_RETRY": "3",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+    "GDAL_HTTP_RETRY_CODES": "429,500,502,503,504",
+}
 #: Metadata keys of an in-memory VRT document (gopt_geo.inference.sources): the label
 #: that names it in messages and reports, and the stem its outputs are named after.
 VRT_LABEL_KEY = "GOPT_GEO_LABEL"
@@ -277,6 +292,7 @@ def open_raster(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
     """
     if is_remote(path):
         label = display_name(path)
+        apply_http_defaults()
         try:
             with rasterio.Env(**REMOTE_GDAL_OPTIONS):
                 return rasterio.open(gdal_path(path))
@@ -289,6 +305,17 @@ def open_raster(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
         return rasterio.open(path)
     except rasterio.errors.RasterioIOError as err:
         raise InputError(f"{path}: not a readable raster ({str(err).splitlines()[0]})") from None
+
+
+def apply_http_defaults() -> None:
+    """Put :data:`HTTP_DEFAULTS` in the process environment where the user set nothing.
+
+    GDAL reads its HTTP options when each request is made, from its own configuration or
+    else the environment; the environment is what reaches every thread (the predictor's
+    read-ahead) and every Dask worker started from this process.
+    """
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 def alpha_band(src: Any) -> int | None:

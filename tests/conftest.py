@@ -6,7 +6,13 @@ nothing from more.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
+import io
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +164,62 @@ def scene(tmp_path_factory: pytest.TempPathFactory):
     from gopt_geo.data.synthetic import make_scene
 
     return make_scene(tmp_path_factory.mktemp("scene"), "tile", size=96, seed=3)
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder with HTTP byte ranges (what GDAL's /vsicurl/ reads with).
+
+    ``fail_next``: that many requests are answered 500 first (a flaky server).
+    """
+
+    range_requests = 0
+    fail_next = 0
+    failed = 0
+
+    def send_head(self):  # noqa: ANN201 (http.server's signature)
+        if type(self).fail_next > 0:
+            type(self).fail_next -= 1
+            type(self).failed += 1
+            self.send_error(500)
+            return None
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return None
+        data = path.read_bytes()
+        wanted = self.headers.get("Range", "")
+        if wanted.startswith("bytes="):
+            first, _, last = wanted[len("bytes=") :].partition("-")
+            start, end = int(first), min(int(last) if last else len(data) - 1, len(data) - 1)
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+            type(self).range_requests += 1
+            data = data[start : end + 1]
+        else:
+            self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        return io.BytesIO(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve(folder: Path, handler: type[RangeHandler] = RangeHandler) -> Iterator[str]:
+    """A local HTTP server (127.0.0.1 only) over ``folder``; its base URL."""
+    bound = functools.partial(handler, directory=str(folder))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), bound)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
 
 
 # Subprocesses that tests start (the CLI, DDP workers, notebook kernels) import this
