@@ -48,6 +48,8 @@ SECTIONS = (
     "paper_ablations",
     "window_independence",
     "channels_last",
+    "at_the_pixel",
+    "loader_rate",
 )
 
 HEADER = """# gopt-geo benchmarks

@@ -66,14 +66,15 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
 TEST_ORIGIN = (660_000.0, 3_380_000.0)  # 60 km east of the training scenes
 
 
-def _data(work: Path, quick: bool) -> tuple[Path, Any, Path]:
-    """Training scenes folder, the held-out test scene, and its clear-sky mask."""
+def _data(work: Path, quick: bool, name: str = "accuracy") -> tuple[Path, Any, Path]:
+    """Training scenes folder, the held-out test scene, and its clear-sky mask (under
+    ``work/name``, generated once)."""
     import numpy as np
     import rasterio
 
     from gopt_geo.data.synthetic import make_scene, make_scenes
 
-    root = work / ("accuracy_quick" if quick else "accuracy")
+    root = work / (f"{name}_quick" if quick else name)
     size, test_size = (256, 384) if quick else (512, 1024)
     train_root = root / "scenes"
     if not (train_root / "optical" / "scene_004.tif").exists():
@@ -117,12 +118,15 @@ def _settings(args: dict[str, Any]) -> list[str]:
         "train.progress": False,
         "train.epochs": args["epochs"],
         "data.train_patches": args["train_patches"],
-        **ROWS[args["row"]][1],
+        **args.get("overrides", ROWS.get(args["row"], ("", {}))[1]),
     }
     return [f"{k}={json.dumps(v) if isinstance(v, bool) else v}" for k, v in settings.items()]
 
 
-def _measure(args: dict[str, Any]) -> dict[str, Any]:
+def measure(args: dict[str, Any]) -> dict[str, Any]:
+    """Train one row (``args["overrides"]`` on the demo recipe, or ``ROWS[row]``), map
+    the held-out scene and score it overall, in clouds and in the clear; the map's path
+    is returned too, for scores of one's own."""
     from gopt_geo.checkpoint import read_adapter_metadata
     from gopt_geo.config import load_config
     from gopt_geo.evaluation import evaluate_maps
@@ -165,6 +169,7 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
         "scores": scores,
         "lr": cfg.train.lr,
         "steps": cfg.train.epochs * (cfg.data.train_patches // cfg.data.batch_size),
+        "class_map": str(pred.class_map),
     }
 
 
@@ -186,7 +191,7 @@ def _spread(runs: list[dict[str, Any]], region: str, key: str) -> str:
 
 
 def main() -> None:
-    if C.child_main(_measure):
+    if C.child_main(measure):
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rows, 2 epochs")

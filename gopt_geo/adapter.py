@@ -91,6 +91,25 @@ def read_safetensors_metadata(path: Path) -> dict[str, str]:
     return metadata
 
 
+#: Limits of the metadata document: an adapter's is a few kB, about 6 levels deep; a
+#: file far outside them was crafted or damaged, and is refused before anything reads it.
+MAX_METADATA_BYTES = 16 * 2**20
+MAX_METADATA_DEPTH = 32
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value (iterative: no recursion to exhaust)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
 def _read_document(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{path}: adapter file not found")
@@ -100,10 +119,23 @@ def _read_document(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: not a readable .safetensors adapter file ({e})") from e
     if METADATA_KEY not in stored:
         raise InputError(f"{path}: not a gopt-geo adapter (no {METADATA_KEY!r} metadata)")
+    text = stored[METADATA_KEY]
+    if len(text) > MAX_METADATA_BYTES:
+        raise InputError(
+            f"{path}: gopt-geo metadata of {len(text):,} bytes, more than the "
+            f"{MAX_METADATA_BYTES:,} an adapter holds (not an adapter gopt-geo wrote)"
+        )
     try:
-        document = json.loads(stored[METADATA_KEY])
+        document = json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: corrupt gopt-geo metadata ({e})") from e
+    except RecursionError:
+        document = None  # nested past Python's limit: refused below like any deep document
+    if document is None or _depth(document) > MAX_METADATA_DEPTH:
+        raise InputError(
+            f"{path}: gopt-geo metadata nested deeper than {MAX_METADATA_DEPTH} levels "
+            "(not an adapter gopt-geo wrote)"
+        )
     if not isinstance(document, dict):
         raise InputError(f"{path}: corrupt gopt-geo metadata (not a JSON object)")
     version = document.get("format_version")

@@ -419,6 +419,13 @@ def check_overlap(
                 f"{missing}: raster has no CRS, but {has} has one; cannot place them relative "
                 "to each other (give both a CRS, or neither)"
             )
+        if o.crs is None and s.crs is None and not same_grid(o, s):
+            raise InputError(
+                f"{other_name}: neither this {role} raster nor the optical raster "
+                f"{optical_name} has a CRS, and their grids differ ({s.width}x{s.height} px "
+                f"vs {o.width}x{o.height} px, or another transform); without a CRS they can "
+                "only be paired pixel for pixel on one grid (give both a CRS, or the same grid)"
+            )
         ob = _ordered(tuple(o.bounds))
         sb = _ordered(_bounds_of(s, o.crs))
     if sb[0] >= ob[2] or sb[2] <= ob[0] or sb[1] >= ob[3] or sb[3] <= ob[1]:
@@ -463,6 +470,22 @@ def band_indexes(
                 "rename them in the config (or give the file's bands those descriptions)"
             )
         return [descriptions.index(n) + 1 for n in names]
+    named = [d for d in descriptions if d]
+    if named and not indices:
+        # some bands are named but not as a set we can select by: reading by position
+        # would silently take NIR for red when a file is ordered NIR, R, G, B
+        unnamed = [i for i, d in enumerate(descriptions, start=1) if not d]
+        duplicated = sorted({d for d in named if named.count(d) > 1})
+        problem = (
+            f"band(s) {unnamed} have no description"
+            if unnamed
+            else f"the descriptions {duplicated} name more than one band"
+        )
+        raise InputError(
+            f"{path}: the {role} bands are described as {descriptions} in the file: "
+            f"{problem}, so the bands {list(names)} cannot be found by name; give every "
+            "band a distinct description (or the band indices in the config)"
+        )
     if indices:
         if len(indices) != len(names) or max(indices) > count or min(indices) < 1:
             raise InputError(
