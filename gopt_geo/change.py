@@ -62,6 +62,12 @@ class MapClass:
     name: str
     color: tuple[int, int, int]
 
+    def same_class(self, other: MapClass) -> bool:
+        """Whether a pixel going from this class to ``other`` is unchanged: classes are
+        matched by name (case and surrounding spaces ignored), so two maps whose schemes
+        give one class different codes still compare class for class."""
+        return self.name.strip().casefold() == other.name.strip().casefold()
+
 
 @dataclass
 class ChangeResult:
@@ -99,9 +105,19 @@ class ChangeResult:
             int(self.pixels[i, j])
             for i, b in enumerate(self.before_classes)
             for j, a in enumerate(self.after_classes)
-            if b.code == a.code
+            if b.same_class(a)
         )
         return (total - same) / total if total else 0.0
+
+    @property
+    def renumbered(self) -> list[tuple[str, int, int]]:
+        """(name, before code, after code) of classes matched by name across two codes."""
+        return [
+            (b.name, b.code, a.code)
+            for b in self.before_classes
+            for a in self.after_classes
+            if b.same_class(a) and b.code != a.code
+        ]
 
     def summary(self) -> str:
         compared = int(self.pixels.sum())
@@ -111,6 +127,9 @@ class ChangeResult:
         )
         if self.min_confidence is not None:
             text += f", {self.masked_pixels:,} px below confidence {self.min_confidence:g}"
+        if self.renumbered:
+            pairs = ", ".join(f"{n} ({b} -> {a})" for n, b, a in self.renumbered)
+            text += f"; classes matched by name across the two schemes: {pairs}"
         return text
 
 
@@ -145,6 +164,19 @@ def _classes(path: Path, src: Any, given: ClassScheme | None = None) -> list[Map
         default = rgba[:3] if rgba and rgba[3] else DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)]
         out.append(MapClass(code, names[code], tuple(colours.get(code, default))))  # type: ignore[arg-type]
     return out
+
+
+def _check_common(
+    before: Path, after: Path, b_classes: list[MapClass], a_classes: list[MapClass]
+) -> None:
+    """Refuse two maps that share no class name: every pixel would count as changed."""
+    if not any(b.same_class(a) for b in b_classes for a in a_classes):
+        raise InputError(
+            f"{after}: no class in common with {before} (before: "
+            f"{', '.join(c.name for c in b_classes)}; after: "
+            f"{', '.join(c.name for c in a_classes)}); classes are matched by name: give "
+            "both maps one scheme with --classes"
+        )
 
 
 def _lut(classes: list[MapClass]) -> np.ndarray:
@@ -192,7 +224,7 @@ def _entries(
     out = []
     for i, b in enumerate(before):
         for j, a in enumerate(after):
-            if b.code == a.code:
+            if b.same_class(a):
                 color = tuple(round(v + (255 - v) * UNCHANGED_FADE) for v in b.color)
             else:
                 color = a.color
@@ -295,6 +327,7 @@ def _compare(
             after_map = AlignedRaster(after, b_src, "AFTER class map")
             opened.append(after_map)
             a_classes = _classes(after, after_map.src, classes)
+            _check_common(before, after, b_classes, a_classes)
             conf_maps = []
             for path, role in confidences:
                 conf_maps.append(AlignedRaster(path, b_src, f"{role} confidence"))
@@ -464,7 +497,7 @@ def _matrix_markdown(result: ChangeResult, before: Path, after: Path, name: str)
         (values[i, j], result.pixels[i, j], b, a)
         for i, b in enumerate(result.before_classes)
         for j, a in enumerate(result.after_classes)
-        if b.code != a.code and result.pixels[i, j] > 0
+        if not b.same_class(a) and result.pixels[i, j] > 0
     ]
     changes.sort(key=lambda c: -c[0])
     if not changes:
