@@ -57,13 +57,13 @@ def predict_breakdown(args: argparse.Namespace) -> None:
 
     from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
     from gopt_geo.inference import PredictOptions
-    from gopt_geo.inference import outputs as O
     from gopt_geo.inference import predictor as P
     from gopt_geo.inference import tiling as T
-    from gopt_geo.inference import writers as W
+    from gopt_geo.outputs import output_set as O
+    from gopt_geo.outputs import writers as W
 
     spent: dict[str, float] = {}
-    _timed_wrap(P.Predictor, "_infer", "model (Predictor._infer)", spent)
+    model_key = "model (Predictor.on_forward)"
     _timed_wrap(T.RowStrip, "add", "RowStrip.add", spent)
     for name in ("finished", "discard"):
         _timed_wrap(T.RowStrip, name, f"RowStrip.{name}", spent)
@@ -74,6 +74,11 @@ def predict_breakdown(args: argparse.Namespace) -> None:
     routing = C.routing()
     model = C.model("gopt", args.backbone).eval()
     predictor = P.Predictor(model, routing, WHU_OPT_SAR_CLASSES, device="cpu")
+
+    def model_time(windows: int, seconds: float) -> None:
+        spent[model_key] = spent.get(model_key, 0.0) + seconds
+
+    predictor.on_forward = model_time
     with torch.inference_mode():  # warm-up
         model(*routing.prepare(torch.randn(4, len(routing.all_bands), 512, 512)))
     spent.clear()

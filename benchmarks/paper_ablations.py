@@ -461,41 +461,16 @@ def _callbacks(args: dict[str, Any], record: dict[str, Any]) -> list[Any]:
 def _predict(
     adapter: Path, args: dict[str, Any], out: Path, window: int, scene: bool, argmax: bool = False
 ) -> Path:
-    """Map the test scene; ``scene``: with CUP's groups from the whole scene (the hook
-    predictor.py gets in issue 13, added here by wrapping the model); ``argmax``: a soft
-    model's assignment replaced by the argmax at inference."""
-    from torch import nn
-
+    """Map the test scene; ``scene``: with CUP's groups from the whole scene (the model's
+    ``cup_context`` switch, set on the loaded model: the predictor then computes the
+    scene's groups once and hands them to every window); ``argmax``: a soft model's
+    assignment replaced by the argmax at inference."""
     from gopt_geo.inference import PredictOptions, Predictor
-    from gopt_geo.inference.context import scene_context
 
-    class WithContext(nn.Module):
-        def __init__(self, model: nn.Module, context: Any) -> None:
-            super().__init__()
-            self.inner = model
-            self.context = context
-
-        def forward(self, rgb: Any, aux: Any) -> Any:
-            return self.inner(rgb, aux, context=self.context)
-
-    class ContextPredictor(Predictor):
-        def _map(self, reader, *rest: Any) -> None:  # noqa: ANN001
-            model = self.model
-            config = getattr(model, "config", None)
-            mode = getattr(config, "cup_context", None)
-            if config is not None and mode is not None:
-                config.cup_context = "scene" if scene else "window"
-            context = scene_context(reader, model, self.routing)
-            if context is not None:
-                self.model = WithContext(model, context)
-            try:
-                super()._map(reader, *rest)
-            finally:
-                self.model = model
-                if config is not None and mode is not None:
-                    config.cup_context = mode
-
-    predictor = ContextPredictor.from_adapter(adapter, device="cpu")
+    predictor = Predictor.from_adapter(adapter, device="cpu")
+    config = getattr(predictor.model, "config", None)
+    if config is not None and getattr(config, "cup_context", None) is not None:
+        config.cup_context = "scene" if scene else "window"
     if argmax:
         for prompter in predictor.model.prompters.values():
             prompter.cup.assignment = "hard"

@@ -112,7 +112,8 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
             workers=["loop"] * len(scenes),
         )
     else:
-        from gopt_geo.inference.many import executor_for, predict_many
+        from gopt_geo.inference.cluster import executor_for
+        from gopt_geo.inference.many import predict_many
 
         imported = time.perf_counter()
         workers = 0 if kind == "in-process" else args["workers"]

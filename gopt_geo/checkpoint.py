@@ -11,6 +11,13 @@ so an adapter can never be silently applied to a backbone it was not trained on.
 This module writes and loads the tensors (torch). Reading the metadata alone
 (`read_adapter_metadata`, `describe_adapter`, for ``gopt-geo info``) is torch-free and
 lives in `gopt_geo.adapter`; it is re-exported here.
+
+It also reads the other checkpoint file, the Lightning ``.ckpt`` a run resumes from
+(:func:`load_training_checkpoint`): a pickle, so it is always loaded with torch's
+``weights_only`` unpickler, which builds tensors and plain values and calls nothing a
+file names. Run folders are copied and shared like any data; opening one must never run
+code. What a run saves is kept to such values (the task's hyper-parameters are plain
+dicts, not config objects), so a normal resume needs no allow-list.
 """
 
 from __future__ import annotations
@@ -18,7 +25,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
+import re
 from pathlib import Path
+from typing import Any
 
 import safetensors.torch
 import torch
@@ -43,6 +53,7 @@ __all__ = [
     "AdapterMetadata",
     "describe_adapter",
     "load_adapter",
+    "load_training_checkpoint",
     "read_adapter_metadata",
     "save_adapter",
 ]
@@ -135,3 +146,40 @@ def load_adapter(
     model.to(map_location)
     model.eval()
     return model, meta
+
+
+def load_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A Lightning training checkpoint (``.ckpt``), loaded without running anything in it.
+
+    ``torch.load(weights_only=True)``: a file whose unpickling would call a function or
+    build an object other than tensors and plain containers is refused, naming what it
+    would have called, before any of it runs. Unreadable files (truncated, not a
+    checkpoint) are refused too. Both are one-line :class:`InputError`s naming the file.
+    """
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        called = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if called:
+            raise InputError(
+                f"{path}: refused: loading it would call {called.group(1)}; a training "
+                "checkpoint holds tensors and plain values only, and gopt-geo never runs "
+                "code from a file"
+            ) from None
+        raise InputError(f"{path}: not a readable checkpoint ({_first_reason(err)})") from None
+    except Exception as err:  # truncated, corrupt or not a torch file at all
+        raise InputError(f"{path}: not a readable checkpoint ({_first_reason(err)})") from None
+    if not isinstance(ckpt, dict):
+        raise InputError(f"{path}: not a gopt-geo training checkpoint")
+    return ckpt
+
+
+def _first_reason(err: Exception) -> str:
+    """The telling line of a load error (torch's weights-only errors open with advice
+    about loading the file unsafely, which is the one thing not to do)."""
+    text = str(err).strip()
+    detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if detail:
+        return detail.group(1).strip()
+    return text.splitlines()[0] if text else type(err).__name__

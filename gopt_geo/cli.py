@@ -7,6 +7,7 @@ file and the problem and exit with status 2, without a traceback.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,39 +16,70 @@ from typing import Annotated, Any
 import typer
 
 from .errors import GoptGeoError
+from .inference.options import PredictOptions, option_fields  # torch-free
 
 #: Environment variable (and --threads) for torch's CPU threads; applied in io.resolve_device
 #: (repeated here so that the CLI does not import rasterio before it needs to).
 THREADS_ENV = "GOPT_GEO_THREADS"
 
-# Prediction options shared by `predict` and `predict-many` (declared once, same help).
-WindowOpt = Annotated[int, typer.Option(help="Window size in pixels.")]
-OverlapOpt = Annotated[
-    float,
-    typer.Option(
-        help="Overlap between windows, 0 <= overlap < 1, blended "
-        "(the margin makes it rarely needed)."
-    ),
-]
-MarginOpt = Annotated[
-    str,
-    typer.Option(
-        help="Pixels of scene read around each window as context and cut off again "
-        "(0 to the window), or auto (64, at most half the window).",
-    ),
-]
-BatchSizeOpt = Annotated[int, typer.Option(help="Windows per forward pass.")]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
-ProbabilitiesOpt = Annotated[bool, typer.Option(help="Also write per-class probabilities.")]
-ConfidenceOpt = Annotated[bool, typer.Option(help="Write the confidence map.")]
-UncertaintyOpt = Annotated[
-    bool, typer.Option(help="Also write the uncertainty map (normalised entropy, 0..1).")
-]
-VectorOpt = Annotated[str, typer.Option(help="gpkg, parquet, geojson or none.")]
-MinAreaOpt = Annotated[
-    float, typer.Option(help="Merge regions smaller than this (m²) into their neighbours.")
-]
-SimplifyOpt = Annotated[float, typer.Option(help="Simplification tolerance in metres (0: none).")]
+#: The prediction options both `predict` and `predict-many` offer, in their --help order;
+#: type, default and help come from their one declaration, ``PredictOptions``'s fields
+#: (`predict` adds overwrite and progress; predict-many has its own run-wide ones).
+SCENE_OPTIONS = (
+    "window",
+    "overlap",
+    "margin",
+    "batch_size",
+    "device",
+    "weights",
+    "probabilities",
+    "confidence",
+    "uncertainty",
+    "uncertainty_threshold",
+    "vector",
+    "min_area",
+    "simplify",
+    "wait",
+)
+
+
+def prediction_options[F: Callable[..., Any]](*names: str, **fixed: Any) -> Callable[[F], F]:
+    """Give a command the ``PredictOptions`` fields ``names`` as flags, in place of its
+    ``options`` parameter, and call it with one ``PredictOptions`` made of them (and of
+    ``fixed`` values).
+
+    Typer reads a command's flags from ``inspect.signature``: the wrapper's
+    ``__signature__`` is the command's own with ``options`` replaced by one parameter per
+    field (type, default and help from the field's declaration), so nothing about a
+    prediction option is written here a second time.
+    """
+    declared = option_fields()
+
+    def decorate(fn: F) -> F:
+        signature = inspect.signature(fn, eval_str=True)
+        own = list(signature.parameters.values())
+        at = [p.name for p in own].index("options")
+        flags = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                default=declared[name][1],
+                annotation=Annotated[declared[name][0], typer.Option(help=declared[name][2])],
+            )
+            for name in names
+        ]
+        params = [*own[:at], *flags, *own[at + 1 :]]
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            chosen = {name: kwargs.pop(name) for name in names}
+            return fn(**kwargs, options=PredictOptions(**chosen, **fixed))
+
+        wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 app = typer.Typer(
@@ -104,21 +136,74 @@ def main(
 @user_errors
 def synth(
     out_dir: Annotated[
-        Path, typer.Argument(help="Folder to write optical/, sar/, labels/, clouds/ into.")
+        Path,
+        typer.Argument(help="Folder to write optical/, sar/, labels/, clouds/ (or lbl/) into."),
     ],
-    size: Annotated[int, typer.Option(help="Scene width and height in optical pixels.")] = 512,
+    size: Annotated[
+        str | None,
+        typer.Option(
+            help="Scene size in optical pixels: N (N x N) or HxW. Default 512; "
+            "with --like whu-os the release's 3704x5556."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
-    scenes: Annotated[int, typer.Option(help="Number of scenes (spatially disjoint).")] = 4,
+    scenes: Annotated[
+        int | None,
+        typer.Option(help="Number of scenes. Default 4; with --like whu-os 100 (at most 100)."),
+    ] = None,
+    like: Annotated[
+        str | None,
+        typer.Option(
+            help="Write a dataset's layout as released: whu-os (optical/, sar/, lbl/; uint8; "
+            "no CRS; the official split's scene names; features drawn at 5 m)."
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing scene files.")] = False,
 ) -> None:
     """Write synthetic co-registered optical + SAR + label scenes (GeoTIFF) and summarise them."""
-    from .data.summary import summarize_scenes
-    from .data.synthetic import make_scenes
-
+    if like not in (None, "whu-os"):
+        raise GoptGeoError(f"--like: unknown layout {like!r}; expected whu-os")
+    shape = _scene_size(size)
     if out_dir.exists() and any(out_dir.rglob("*.tif")) and not overwrite:
         raise GoptGeoError(f"{out_dir}: already holds scenes; use --overwrite to replace them")
-    make_scenes(out_dir, scenes, size=size, seed=seed)
-    _echo(summarize_scenes(out_dir))
+    if like is None:
+        from .data.summary import summarize_scenes
+        from .data.synthetic import make_scenes
+
+        make_scenes(out_dir, 4 if scenes is None else scenes, size=shape or 512, seed=seed)
+        _echo(summarize_scenes(out_dir))
+        return
+    import json
+
+    from .data.replica import WHU_OS_SHAPE, write_whu_os_like
+
+    shape = shape or WHU_OS_SHAPE
+    replica = write_whu_os_like(
+        out_dir,
+        scenes=100 if scenes is None else scenes,
+        size=shape,
+        seed=seed,
+        progress=lambda i, n, name: _echo(f"  scene {i}/{n}: {name}"),
+    )
+    h, w = (shape, shape) if isinstance(shape, int) else shape
+    _echo(
+        f"{len(replica.scenes)} WHU-OPT-SAR-shaped scene(s) of {h}x{w} px in {out_dir} "
+        "(optical/ R,G,B,NIR + sar/ + lbl/, uint8, no CRS)"
+    )
+    _echo("split (for data.scenes): " + json.dumps(replica.split))
+
+
+def _scene_size(text: str | None) -> int | tuple[int, int] | None:
+    """``--size``: N (N x N) or HxW, in pixels."""
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise GoptGeoError(f"--size: expected N or HxW in pixels, got {text!r}")
+    return values[0] if len(values) == 1 else (values[0], values[1])
 
 
 @app.command()
@@ -195,8 +280,20 @@ def evaluate(
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Metrics JSON.")] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help="Class scheme of a map from another tool: a built-in scheme name "
+            "(e.g. whu_opt_sar) or a class file (.yaml/.json with classes:)."
+        ),
+    ] = None,
+    within: Annotated[
+        Path | None,
+        typer.Option(help="Score only where this 0/1 raster (on the map's grid) is non-zero."),
+    ] = None,
 ) -> None:
     """Score a model on a data split (--model, --config), or a class map against a reference."""
+    from .data.classes import scheme_option
     from .evaluation import evaluate_maps
     from .io import ensure_output_dir, strict_json, write_text_atomic
 
@@ -205,7 +302,8 @@ def evaluate(
             raise GoptGeoError(
                 "give a predicted map and a reference raster, or --model and --config"
             )
-        metrics = evaluate_maps(prediction, reference)
+        scheme = scheme_option(classes) if classes is not None else None
+        metrics = evaluate_maps(prediction, reference, classes=scheme, within=within)
         default_out = prediction.with_suffix(".metrics.json")
     else:
         if model is None or config is None:
@@ -230,6 +328,7 @@ def evaluate(
 
 @app.command()
 @user_errors
+@prediction_options(*SCENE_OPTIONS, "overwrite", "progress")
 def predict(
     scene: Annotated[
         str,
@@ -254,41 +353,14 @@ def predict(
         ),
     ] = None,
     out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="Output folder.")] = Path("."),
-    window: WindowOpt = 512,
-    overlap: OverlapOpt = 0.0,
-    margin: MarginOpt = "auto",
-    batch_size: BatchSizeOpt = 4,
-    device: DeviceOpt = "auto",
-    probabilities: ProbabilitiesOpt = False,
-    confidence: ConfidenceOpt = True,
-    uncertainty: UncertaintyOpt = False,
-    vector: VectorOpt = "gpkg",
-    min_area: MinAreaOpt = 0.0,
-    simplify: SimplifyOpt = 0.0,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    *,
+    options: PredictOptions,  # the flags of its fields (prediction_options)
 ) -> None:
     """Map a whole scene: class map COG, confidence, vector land cover and a run report."""
     from .adapter import read_adapter_metadata
-    from .inference.options import PredictOptions
     from .inference.predictor import predict_scene
     from .inference.sources import parse_asset_map, single_scene
 
-    options = PredictOptions(
-        window=window,
-        overlap=overlap,
-        margin=margin,
-        batch_size=batch_size,
-        probabilities=probabilities,
-        confidence=confidence,
-        uncertainty=uncertainty,
-        vector=vector,
-        min_area=min_area,
-        simplify=simplify,
-        overwrite=overwrite,
-        progress=progress,
-        device=device,
-    )
     routing = read_adapter_metadata(model).routing  # STAC assets are matched to its bands
     chosen = single_scene(scene, sar, routing, parse_asset_map(assets))
     result = predict_scene(chosen.optical, chosen.sar, model, out_dir, options)
@@ -391,6 +463,7 @@ def demo(
 
 @app.command("predict-many")
 @user_errors
+@prediction_options(*SCENE_OPTIONS, progress=False)  # the run's bar is over scenes
 def predict_many(
     model: Annotated[Path, typer.Option(help="Adapter file (.safetensors) from `gopt-geo train`.")],
     out_dir: Annotated[
@@ -437,42 +510,18 @@ def predict_many(
     retries: Annotated[
         int, typer.Option(help="Tries again for network or worker failures (not bad inputs).")
     ] = 2,
-    window: WindowOpt = 512,
-    overlap: OverlapOpt = 0.0,
-    margin: MarginOpt = "auto",
-    batch_size: BatchSizeOpt = 4,
-    device: DeviceOpt = "auto",
-    probabilities: ProbabilitiesOpt = False,
-    confidence: ConfidenceOpt = True,
-    uncertainty: UncertaintyOpt = False,
-    vector: VectorOpt = "gpkg",
-    min_area: MinAreaOpt = 0.0,
-    simplify: SimplifyOpt = 0.0,
+    *,
+    options: PredictOptions,  # the flags of its fields (prediction_options)
     progress: Annotated[bool, typer.Option(help="Show a progress bar over scenes.")] = True,
 ) -> None:
     """Map many scenes on a Dask cluster (local or existing): one task per scene, resumable;
     per scene what `predict` writes, per run a report, a GeoParquet index and VRT mosaics."""
     from .adapter import read_adapter_metadata
     from .errors import InputError
-    from .inference.many import executor_for
+    from .inference.cluster import executor_for
     from .inference.many import predict_many as run_many
-    from .inference.options import PredictOptions
     from .inference.sources import collect_scenes, parse_asset_map
 
-    options = PredictOptions(
-        window=window,
-        overlap=overlap,
-        margin=margin,
-        batch_size=batch_size,
-        probabilities=probabilities,
-        confidence=confidence,
-        uncertainty=uncertainty,
-        vector=vector,
-        min_area=min_area,
-        simplify=simplify,
-        progress=False,
-        device=device,
-    )
     if retries < 0:
         raise InputError(f"--retries must be 0 or more, got {retries}")
     routing = read_adapter_metadata(model).routing
@@ -483,7 +532,11 @@ def predict_many(
         sar_dir=sar_dir,
         assets=parse_asset_map(assets),
     )
-    with executor_for(scheduler, workers, threads_per_worker, device) as (executor, threads, what):
+    with executor_for(scheduler, workers, threads_per_worker, options.device) as (
+        executor,
+        threads,
+        what,
+    ):
         _echo(what)
         result = run_many(
             found,
@@ -538,9 +591,17 @@ def change(
         Path | None, typer.Option(help="Confidence map of AFTER (for --min-confidence).")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help="Class scheme of both maps, for maps from other tools: a built-in scheme "
+            "name or a class file (.yaml/.json with classes:)."
+        ),
+    ] = None,
 ) -> None:
     """Compare two class maps of the same place: transition map and matrix (m², ha)."""
     from .change import change_maps
+    from .data.classes import scheme_option
 
     result = change_maps(
         before,
@@ -551,6 +612,7 @@ def change(
         before_confidence=before_confidence,
         after_confidence=after_confidence,
         overwrite=overwrite,
+        classes=scheme_option(classes) if classes is not None else None,
     )
     _echo(result.summary())
     for label, path in (

@@ -9,11 +9,13 @@ a typo must never silently fall back to a default in a run that takes hours.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
@@ -21,6 +23,9 @@ from .data.bands import BandRouting
 from .data.classes import ClassScheme, resolve_scheme
 from .errors import InputError
 from .models.config import ModelConfig, checkpoint_share
+
+if TYPE_CHECKING:  # built on demand: reading a config imports neither torch nor torchgeo
+    from .data.datamodule import OpticalSarDataModule
 
 
 @dataclass
@@ -49,6 +54,9 @@ class DataConfig:
     train_patches: int = 512  # random training patches per epoch
     stats_patches: int = 64
     num_workers: int = 0
+    # splits over the memory budget are cached on disk here: auto (GOPT_GEO_SCENE_CACHE_DIR,
+    # else ~/.cache/gopt-geo/scenes), a folder, or off
+    scene_cache_dir: str = "auto"
 
 
 @dataclass
@@ -59,7 +67,9 @@ class TrainConfig:
     max_steps: int = -1
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    class_weights: list[float] | None = None
+    # the cross-entropy weight of each class, in the scheme's order | auto: from the
+    # training labels' class shares (training.auto_class_weights) | null: all equal
+    class_weights: list[float] | str | None = None
     class_aware_weight: float = 0.1
     alignment_weight: float = 0.1
     device: str = "auto"  # auto | cpu | cuda
@@ -78,7 +88,19 @@ class TrainConfig:
     checkpoint_backbone: bool | str | float = "auto"
 
     def __post_init__(self) -> None:
+        # every train value is checked here, once, when the config is read; the task and
+        # the model take the checked values as they are
         checkpoint_share(self.checkpoint_backbone)  # refuses anything else
+        w = self.class_weights
+        if isinstance(w, str) and w != "auto":
+            raise InputError(f"train.class_weights: expected auto, null or a list, got {w!r}")
+        if isinstance(w, list) and (
+            not w or not all(math.isfinite(v) and v >= 0 for v in w) or not any(w)
+        ):
+            raise InputError(
+                "train.class_weights: expected one finite weight >= 0 per class, not all "
+                f"0, got {w}"
+            )
 
 
 @dataclass
@@ -106,10 +128,16 @@ class RunConfig:
             raise InputError(str(err)) from None
 
     def band_routing(self) -> BandRouting:
-        """The run's band routing (without statistics; those come from the training data)."""
+        """The run's band routing (without statistics; those come from the training data).
+
+        The optical yardstick, ``model.variant: optical_all_bands``, gets every optical
+        band and only those, whatever ``data.aux_bands`` says (with SAR it would be a
+        late-fusion model, not the optical baseline GoPT is measured against); a warning
+        says so when ``data.aux_bands`` asked for something else.
+        """
         d = self.data
         try:
-            return BandRouting(
+            routing = BandRouting(
                 tuple(d.optical_bands),
                 tuple(d.sar_bands),
                 tuple(d.rgb_bands),
@@ -121,6 +149,53 @@ class RunConfig:
             )
         except ValueError as err:
             raise InputError(f"data: {err}") from None
+        if self.model.variant != "optical_all_bands":
+            return routing
+        optical = routing.every_optical_band()
+        if not optical.aux_bands:
+            raise InputError(
+                "model.variant optical_all_bands: no optical band besides the RGB ones "
+                f"(data.optical_bands {list(d.optical_bands)}); use optical_only"
+            )
+        if d.aux_bands is not None and tuple(d.aux_bands) != optical.aux_bands:
+            sar = [b for b in d.aux_bands if b in routing.sar_bands]
+            warnings.warn(
+                f"data.aux_bands {list(d.aux_bands)}: the optical_all_bands baseline gets "
+                f"the optical bands only, {list(optical.aux_bands)}"
+                + (f" (not the SAR bands {sar})" if sar else ""),
+                UserWarning,
+                stacklevel=2,
+            )
+        return optical
+
+    def datamodule(self, routing: BandRouting | None = None) -> OpticalSarDataModule:
+        """The datamodule this run reads its patches from; ``routing`` replaces the run's
+        (e.g. an adapter's, with its training statistics, for evaluation).
+
+        Built here, not by the datamodule from a config: the data layer stays below the
+        run configuration and never imports it (design §2)."""
+        from .data.datamodule import OpticalSarDataModule
+
+        d = self.data
+        root = Path(d.root)
+        if not root.exists():
+            raise InputError(f"{root}: data root not found (data.root)")
+        return OpticalSarDataModule(
+            root,
+            dataset=d.dataset,
+            routing=routing or self.band_routing(),
+            classes=self.class_scheme(),
+            scenes=d.scenes,
+            batch_size=d.batch_size,
+            patch_size=d.patch_size,
+            length=d.train_patches,
+            num_workers=d.num_workers,
+            stats_patches=d.stats_patches,
+            seed=self.seed,
+            split_rows=d.split_rows,
+            split_order=d.split_order,
+            scene_cache_dir=d.scene_cache_dir,
+        )
 
 
 def _floats(value: float | list[float] | None) -> tuple[float, ...]:

@@ -202,14 +202,13 @@ def evaluate_model(
     from tqdm import tqdm
 
     from .checkpoint import load_adapter
-    from .data.datamodule import OpticalSarDataModule
     from .io import resolve_device
 
     if split not in ("train", "val", "test"):
         raise InputError(f"--split {split!r}: expected train, val or test")
     dev = resolve_device(device)
     model, meta = load_adapter(adapter, map_location=dev)
-    dm = OpticalSarDataModule.from_config(cfg, routing=meta.routing)
+    dm = cfg.datamodule(routing=meta.routing)
     ds = dm.split_dataset(split)
     loader = DataLoader(
         ds,

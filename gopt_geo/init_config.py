@@ -212,7 +212,7 @@ def starter_config(root: str | Path) -> str:
             "assignment": "soft",
             "decoder_dim": 48,
         },
-        "train": {"epochs": 20, "lr": 0.003, "device": "auto"},
+        "train": {"epochs": 20, "lr": 0.003, "class_weights": "auto", "device": "auto"},
     }
     share_text = ", ".join(f"{c}: {100 * s:.1f}%" for c, s in shares.items())
     header = [
@@ -231,6 +231,8 @@ def starter_config(root: str | Path) -> str:
         f"# Ignored codes (never trained on or scored): {ignore or 'none'}; class names "
         + ("from the label rasters" if code_names else "are placeholders: rename them"),
         f"# Split: {split_note}",
+        "# Loss: class_weights auto weighs each class by 1/sqrt(its share of the training "
+        "pixels), so rare classes (often the thin ones: rivers, roads) are not traded away",
         "",
     ]
     return "\n".join(header) + yaml.safe_dump(config, sort_keys=False, default_flow_style=None)

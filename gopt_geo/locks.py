@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import InputError
+from .io import ensure_output_dir
 
 #: The lock file's name inside a locked folder.
 LOCK_NAME = ".gopt-geo.lock"
@@ -40,8 +41,7 @@ def folder_lock(folder: str | os.PathLike[str], wait: float = 0.0) -> Iterator[P
     ``wait``: seconds to wait for another run to finish (0: refuse at once). Refused:
     :class:`InputError` naming the folder and the process that holds it.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = ensure_output_dir(folder)  # one line for a folder that cannot be made
     path = folder / LOCK_NAME
     deadline = time.monotonic() + max(wait, 0.0)
     while True:

@@ -9,27 +9,32 @@ segmentation task, and why:
   backbone is rebuilt from its weights, as in the adapter file;
 - inputs are split and normalised by the run's :class:`BandRouting`, the same code the
   predictor uses;
-- half of a frozen ViT's blocks are activation-checkpointed by default
+- a third of a frozen ViT's blocks are activation-checkpointed by default
   (``train.checkpoint_backbone``): with prompters between all its blocks, backward runs
   through every frozen block, and keeping their activations would cost nearly what full
   fine-tuning costs;
 - validation metrics come from one confusion matrix (:mod:`gopt_geo.evaluation`), and
-  the adapter file of the best validation epoch is written as training goes.
+  the adapter file of the best validation epoch is written as training goes;
+- the task takes the run's typed configs (``ModelConfig``, ``TrainConfig``), checked
+  once when the config was read, and keeps them as plain dicts in its hyper-parameters:
+  a checkpoint then holds tensors and plain values only, and every checkpoint load,
+  Lightning's resume included, is ``weights_only`` (:mod:`gopt_geo.run_folder`, which
+  also keeps one run per folder);
+- ``train.class_weights: auto`` weighs the loss by the training labels' class shares
+  (:func:`auto_class_weights`), so rare classes are not traded away for common ones.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import math
 import os
-import shutil
 import signal
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,22 +43,18 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import yaml
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torchgeo.tasks import BaseTask
 
 from . import __version__
 from .checkpoint import save_adapter
-from .config import RunConfig
+from .config import RunConfig, TrainConfig
 from .data.bands import BandRouting
 from .data.classes import IGNORE_INDEX, ClassScheme
-from .data.datamodule import OpticalSarDataModule
 from .errors import InputError
 from .evaluation import Metrics, confusion_matrix, metrics_from_confusion
 from .io import (
-    atomic_path,
     ensure_output_dir,
     finite_or_none,
     resolve_device,
@@ -61,6 +62,15 @@ from .io import (
     write_text_atomic,
 )
 from .models import ModelConfig, build_model
+from .run_folder import (
+    AtomicCheckpointIO,
+    check_output,
+    check_resume_matches,
+    clear_run,
+    finished,
+    loggers_for,
+    read_resume_checkpoint,
+)
 
 
 def random_flips(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -75,39 +85,121 @@ def random_flips(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {**batch, "image": image, "mask": mask}
 
 
+#: ``train.class_weights: auto``: the largest weight a class gets, relative to the
+#: pixel-weighted mean weight of 1. Seven classes, one of them with 1 % of the pixels
+#: and six even: 3.9 for the rare one, 0.97 for the others; at 0.1 % it would be 12.8,
+#: capped; without a cap a class of a few pixels would get hundreds and its label noise
+#: would steer training. Classes absent from the counted training pixels get the cap.
+AUTO_WEIGHT_CAP = 10.0
+
+
+def auto_class_weights(pixels: Sequence[int] | np.ndarray) -> list[float]:
+    """Cross-entropy class weights from the training labels' pixels per class.
+
+    A class's weight is the inverse square root of its share of the labelled pixels,
+    scaled so that the pixel-weighted mean weight, sum(share * weight), is 1: on the
+    training distribution the loss keeps the scale of the unweighted loss, common classes
+    weigh a little under 1 and rare ones more (the square root: inverse shares would
+    trade the common classes' accuracy away for a few rare pixels). Weights are then
+    capped at :data:`AUTO_WEIGHT_CAP`, and a class with no counted pixel gets the cap
+    (rarer than any counted one; if it is truly absent from training its weight is never
+    used, since a class's weight only scales pixels labelled with it).
+    """
+    counts = np.asarray(pixels, dtype=np.float64)
+    if counts.ndim != 1 or (counts < 0).any():
+        raise ValueError(f"expected pixel counts per class, got {pixels!r}")
+    total = counts.sum()
+    if total <= 0:
+        raise ValueError("no labelled pixel to derive class weights from")
+    root = np.sqrt(counts / total)
+    weights = np.full(counts.shape, AUTO_WEIGHT_CAP)
+    present = counts > 0
+    weights[present] = 1.0 / (root[present] * root.sum())
+    return [float(w) for w in np.minimum(weights, AUTO_WEIGHT_CAP)]
+
+
+def resolve_class_weights(
+    train_cfg: TrainConfig, scheme: ClassScheme, pixels: Callable[[], np.ndarray]
+) -> list[float] | None:
+    """``train.class_weights`` as the loss takes them: None, the configured list (one
+    per class of the scheme), or ``auto`` derived from ``pixels`` (a callable giving the
+    training labels' pixels per class, called only for ``auto``)."""
+    weights = train_cfg.class_weights
+    if weights is None:
+        return None
+    if weights == "auto":
+        counts = pixels()
+        if int(np.sum(counts)) == 0:
+            raise InputError(
+                "train.class_weights: auto found no labelled pixel in the training patches "
+                "read for statistics (data.stats_patches); raise it or give the weights"
+            )
+        return auto_class_weights(counts)
+    assert isinstance(weights, list)
+    if len(weights) != scheme.num_classes:
+        raise InputError(
+            f"train.class_weights: {len(weights)} weights for {scheme.num_classes} classes "
+            f"({', '.join(scheme.names)}); give one per class, in that order, or auto"
+        )
+    return [float(w) for w in weights]
+
+
 class GoPTTask(BaseTask):
-    """Semantic segmentation of optical + SAR with a frozen backbone (or a baseline)."""
+    """Semantic segmentation of optical + SAR with a frozen backbone (or a baseline).
+
+    Built from the run's typed configs: ``model`` (its ``num_classes`` and
+    ``aux_channels`` those of ``classes`` and ``routing``) and ``train``, whose
+    ``class_weights`` are resolved already (a list or None: :func:`resolve_class_weights`).
+    Lightning's hyper-parameters hold the same as plain dicts (:meth:`hparams_of`),
+    which a resumed run is compared against.
+    """
 
     monitor = "val_miou"
     mode = "max"
-    ignore = None
+    #: the typed configs are stored by ``__init__`` as plain dicts, not as objects:
+    #: a checkpoint must hold nothing a weights-only load would refuse
+    ignore = ("model", "train", "routing", "classes")
 
     def __init__(
         self,
-        model: dict[str, Any],
-        routing: dict[str, Any],
-        classes: dict[str, Any],
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        class_weights: list[float] | None = None,
-        class_aware_weight: float = 0.1,
-        alignment_weight: float = 0.1,
-        flips: bool = True,
-        checkpoint_backbone: bool | str | float = "auto",
+        model: ModelConfig,
+        train: TrainConfig,
+        routing: BandRouting,
+        classes: ClassScheme,
     ) -> None:
-        self.routing = BandRouting.from_dict(routing)
-        self.scheme = ClassScheme.from_dict(classes)
+        if not (train.class_weights is None or isinstance(train.class_weights, list)):
+            raise ValueError(
+                f"GoPTTask: train.class_weights {train.class_weights!r} must be resolved "
+                "to a list first (resolve_class_weights)"
+            )
+        self.model_config = model
+        self.train_config = train
+        self.routing = routing
+        self.scheme = classes
         super().__init__()
+        self.save_hyperparameters(self.hparams_of(model, train, routing, classes))
         self._confusion: dict[str, np.ndarray] = {}
+
+    @staticmethod
+    def hparams_of(
+        model: ModelConfig, train: TrainConfig, routing: BandRouting, classes: ClassScheme
+    ) -> dict[str, Any]:
+        """The task's hyper-parameters: its configs as plain dicts."""
+        return {
+            "model": model.to_dict(),
+            "train": dataclasses.asdict(train),
+            "routing": routing.to_dict(),
+            "classes": classes.to_dict(),
+        }
 
     # -- torchgeo BaseTask hooks --------------------------------------------------------
     def configure_models(self) -> None:
-        self.model = build_model(ModelConfig(**self.hparams["model"]))
+        self.model = build_model(self.model_config)
         # only a training forward (grad enabled) checkpoints; validation is unaffected
-        self.model.set_backbone_checkpointing(self.hparams.get("checkpoint_backbone", "auto"))
+        self.model.set_backbone_checkpointing(self.train_config.checkpoint_backbone)
 
     def configure_losses(self) -> None:
-        weights = self.hparams["class_weights"]
+        weights = self.train_config.class_weights
         self.criterion = nn.CrossEntropyLoss(
             weight=torch.tensor(weights, dtype=torch.float32) if weights else None,
             ignore_index=IGNORE_INDEX,
@@ -116,7 +208,7 @@ class GoPTTask(BaseTask):
     def configure_optimizers(self) -> Any:
         params = self.model.trainable_parameters()
         optimizer = torch.optim.AdamW(
-            params, lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
+            params, lr=self.train_config.lr, weight_decay=self.train_config.weight_decay
         )
         trainer = self._trainer  # None outside fit (e.g. when inspecting the optimiser)
         if trainer is not None and trainer.max_steps and trainer.max_steps > 0:
@@ -149,14 +241,13 @@ class GoPTTask(BaseTask):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         # schedules (e.g. the annealed Gumbel noise of hard assignment) follow training progress
         self.model.set_progress(self.global_step / max(1, self.trainer.estimated_stepping_batches))
-        if self.hparams["flips"]:
-            batch = random_flips(batch)
+        batch = random_flips(batch)
         out = self._forward(batch, with_target=True)
         ce = self.criterion(out.logits, batch["mask"])
         loss = ce
         weights = {
-            "class_aware": self.hparams["class_aware_weight"],
-            "alignment": self.hparams["alignment_weight"],
+            "class_aware": self.train_config.class_aware_weight,
+            "alignment": self.train_config.alignment_weight,
         }
         for name, value in out.losses.items():
             w = weights.get(name, 0.0)
@@ -260,19 +351,6 @@ class StepSeeds(Callback):
         torch.manual_seed(self.seed * 100_003 + trainer.global_step)
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoints written under a temporary name and renamed when complete,
-    so an interruption while saving never leaves a truncated ``last.ckpt``."""
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
-    ) -> None:
-        final = Path(path)
-        ensure_output_dir(final.parent)
-        with atomic_path(final) as tmp:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-
-
 @dataclass
 class TrainResult:
     """What a training run left behind; ``adapter`` is None when no validation ran (no
@@ -312,53 +390,6 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
-def loggers_for(out: Path, resume_epoch: int | None = None) -> list[Any]:
-    """Per-epoch metrics to ``metrics.csv``, and to TensorBoard when it is installed.
-
-    Resuming after epoch ``resume_epoch``, the history up to that epoch is kept and the
-    new rows are appended (Lightning's CSV writer would start the file afresh); rows of
-    an epoch the interruption cut short are dropped, since that epoch is run again.
-    """
-    csv_logger = CSVLogger(save_dir=str(out), name="", version="")
-    path = out / "metrics.csv"
-    if resume_epoch is not None and path.exists():
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            rows = [r for r in reader if r.get("epoch") and int(r["epoch"]) <= resume_epoch]
-        writer = csv_logger.experiment  # created now: it removes the old file
-        with open(path, "w", newline="") as f:
-            out_csv = csv.DictWriter(f, fieldnames=header)
-            out_csv.writeheader()
-            out_csv.writerows(rows)
-        writer.metrics_keys = header  # appended rows then share the kept header
-    loggers: list[Any] = [csv_logger]
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return loggers
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    loggers.append(TensorBoardLogger(save_dir=str(out), name="tensorboard", version=""))
-    return loggers
-
-
-#: What a training run writes into its output folder (removed by ``overwrite=True``).
-RUN_FILES = (
-    "checkpoints",
-    "adapter.safetensors",
-    "metrics.csv",
-    "metrics.json",
-    "config.yaml",
-    "hparams.yaml",
-    "tensorboard",
-)
-
-
-def _holds_a_run(out: Path) -> list[str]:
-    return [name for name in RUN_FILES if (out / name).exists()]
-
-
 def _process_rank(cfg: RunConfig) -> int:
     """Global rank as the launcher set it (torchrun RANK, Slurm SLURM_PROCID, Lightning's
     DDP launcher NODE_RANK/LOCAL_RANK; unset in the process that starts the others)."""
@@ -368,70 +399,6 @@ def _process_rank(cfg: RunConfig) -> int:
     if int(env.get("SLURM_NTASKS", "1")) > 1:
         return int(env.get("SLURM_PROCID", "0"))
     return int(env.get("NODE_RANK", "0")) * cfg.train.devices + int(env.get("LOCAL_RANK", "0"))
-
-
-def _check_output(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to train into a folder that already holds a run, unless resuming it or
-    asked to replace it; decided before anything is read or written."""
-    if resume and overwrite:
-        raise InputError("--resume and --overwrite exclude each other")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: output_dir exists and is not a folder")
-    found = _holds_a_run(out)
-    if found and not (resume or overwrite):
-        raise InputError(
-            f"{out}: already holds a training run ({', '.join(found)}); use --resume to "
-            "continue it or --overwrite to replace it"
-        )
-    if resume and not (out / "checkpoints" / "last.ckpt").exists():
-        raise InputError(
-            f"{out / 'checkpoints' / 'last.ckpt'}: nothing to resume (no last checkpoint in {out})"
-        )
-
-
-def _clear_run(out: Path) -> None:
-    """Remove a previous run's files (``overwrite``), and nothing else in the folder."""
-    for name in _holds_a_run(out):
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
-
-
-def _read_resume_checkpoint(last: Path, task_hparams: dict[str, Any]) -> dict[str, Any]:
-    """Load and check the checkpoint a run resumes from, before anything is written:
-    unreadable, truncated or foreign checkpoints are one-line errors."""
-    if not last.is_file():
-        raise InputError(f"{last}: nothing to resume (no last checkpoint in {last.parent.parent})")
-    try:
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated, corrupt or not a torch file at all
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"{last}: not a readable checkpoint ({reason})") from None
-    needed = ("state_dict", "epoch", "global_step", "hyper_parameters")
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
-        raise InputError(f"{last}: not a gopt-geo training checkpoint")
-    saved = dict(ckpt["hyper_parameters"])
-    try:  # model configs compared as configs: fields added since then take their defaults
-        saved["model"] = ModelConfig.from_dict(saved.get("model") or {}).to_dict()
-    except InputError:
-        raise InputError(f"{last}: not a checkpoint of this gopt-geo's models") from None
-    for key in ("model", "routing", "classes"):
-        if saved.get(key) != task_hparams[key]:
-            raise InputError(
-                f"{last}: written for another run ({key} differs from this config's); "
-                "resume with the config it was trained with"
-            )
-    return ckpt
-
-
-def _finished(ckpt: dict[str, Any], cfg: RunConfig) -> bool:
-    """Whether the checkpoint's run already reached the configured epochs or steps."""
-    done_epochs = int(ckpt["epoch"]) + 1
-    if cfg.train.max_steps > 0 and int(ckpt["global_step"]) >= cfg.train.max_steps:
-        return True
-    return done_epochs >= cfg.train.epochs
 
 
 def train(
@@ -458,32 +425,25 @@ def train(
     # run folder (the others start after it wrote config.yaml, which they must not refuse)
     primary = _process_rank(cfg) == 0
     if primary:
-        _check_output(out, resume, overwrite)  # before the data is even read
+        check_output(out, resume, overwrite)  # before the data is even read
+    ckpt = read_resume_checkpoint(last) if resume else None
     accelerator = accelerator_for(cfg.train.device)
     scheme = cfg.class_scheme()
-    dm = OpticalSarDataModule.from_config(cfg)
+    dm = cfg.datamodule()
     dm.setup("fit")  # statistics first: the model's aux width and the adapter need them
     routing = dm.ensure_statistics()
     model_cfg = dataclasses.replace(
         cfg.model, num_classes=scheme.num_classes, aux_channels=routing.num_aux
     )
-    task = GoPTTask(
-        model=dataclasses.asdict(model_cfg),
-        routing=routing.to_dict(),
-        classes=scheme.to_dict(),
-        lr=cfg.train.lr,
-        weight_decay=cfg.train.weight_decay,
-        class_weights=cfg.train.class_weights,
-        class_aware_weight=cfg.train.class_aware_weight,
-        alignment_weight=cfg.train.alignment_weight,
-        checkpoint_backbone=cfg.train.checkpoint_backbone,
-    )
+    weights = resolve_class_weights(cfg.train, scheme, dm.class_pixel_counts)
+    train_cfg = dataclasses.replace(cfg.train, class_weights=weights)
+    task = GoPTTask(model_cfg, train_cfg, routing, scheme)
     report = task.model.parameter_report()
     adapter_path = out / "adapter.safetensors"
-    if resume:
-        ckpt = _read_resume_checkpoint(last, dict(task.hparams))
+    if ckpt is not None:
+        check_resume_matches(last, ckpt, dict(task.hparams))
         dm.train_sampler.set_epoch(int(ckpt["epoch"]) + 1)  # type: ignore[union-attr]
-        if _finished(ckpt, cfg):
+        if finished(ckpt, cfg.train.epochs, cfg.train.max_steps):
             log(
                 f"{out}: this run already finished (epoch {int(ckpt['epoch']) + 1} of "
                 f"{cfg.train.epochs}, step {int(ckpt['global_step'])}); nothing to do "
@@ -500,9 +460,16 @@ def train(
                 finished_before=True,
             )
     elif overwrite and primary:
-        _clear_run(out)
+        clear_run(out)
     log(f"model: {model_cfg.variant} on {model_cfg.backbone} ({model_cfg.weights} weights)")
     log(str(report))
+    if cfg.train.class_weights == "auto" and weights is not None:
+        pixels = int(dm.class_pixel_counts().sum())
+        log(
+            f"class weights (auto, from {pixels:,} labelled pixels of {cfg.data.stats_patches} "
+            "training patches): "
+            + ", ".join(f"{n} {w:.2f}" for n, w in zip(scheme.names, weights, strict=True))
+        )
 
     ensure_output_dir(out)
     if primary:
@@ -528,7 +495,7 @@ def train(
         precision=precision_for(cfg.train.precision, accelerator),  # type: ignore[arg-type]
         max_epochs=cfg.train.epochs,
         max_steps=cfg.train.max_steps,
-        logger=loggers_for(out, int(ckpt["epoch"]) if resume else None),
+        logger=loggers_for(out, int(ckpt["epoch"]) if ckpt is not None else None),
         callbacks=[
             ModelCheckpoint(
                 dirpath=ckpt_dir, filename="best", monitor="val_miou", mode="max", save_last=True
@@ -549,7 +516,7 @@ def train(
     main_thread = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
-        trainer.fit(task, datamodule=dm, ckpt_path=str(last) if resume else None)
+        trainer.fit(task, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True)
     except SystemExit:
         # Lightning answers Ctrl-C with a graceful stop and sys.exit(1); an interruption
         # it is, and the CLI reports it as one (exit 130) instead of a silent status

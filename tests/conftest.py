@@ -11,6 +11,7 @@ import functools
 import http.server
 import io
 import os
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,6 +222,10 @@ def serve(folder: Path, handler: type[RangeHandler] = RangeHandler) -> Iterator[
         httpd.server_close()
         thread.join()
 
+
+# Splits over the memory budget are cached on disk: never in the user's own cache folder
+# (subprocesses inherit it)
+os.environ.setdefault("GOPT_GEO_SCENE_CACHE_DIR", tempfile.mkdtemp(prefix="gopt-geo-test-cache-"))
 
 # Subprocesses that tests start (the CLI, DDP workers, notebook kernels) import this
 # checkout's code, as ./run's PYTHONPATH gives it, also when pytest is run directly.

@@ -8,8 +8,6 @@ silently disabled switch would pass the equality tests.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -169,11 +167,15 @@ def test_a_share_checkpoints_evenly_spread_segments() -> None:
 
 def test_training_task_checkpoints_by_default() -> None:
     routing = BandRouting(("B", "G", "R", "NIR"), ("VV", "VH"))
-    model = dataclasses.asdict(ModelConfig(backbone="test_vit", weights="random"))
-    args = (model, routing.to_dict(), WHU_OPT_SAR_CLASSES.to_dict())
-    assert GoPTTask(*args).model.backbone.checkpointing == AUTO_VIT_SHARE > 0
-    assert GoPTTask(*args, checkpoint_backbone=False).model.backbone.checkpointing == 0
-    assert GoPTTask(*args, checkpoint_backbone=0.25).model.backbone.checkpointing == 0.25
+    model = ModelConfig(backbone="test_vit", weights="random")
+
+    def task(share: bool | str | float) -> GoPTTask:
+        train = TrainConfig(checkpoint_backbone=share)
+        return GoPTTask(model, train, routing, WHU_OPT_SAR_CLASSES)
+
+    assert task("auto").model.backbone.checkpointing == AUTO_VIT_SHARE > 0
+    assert task(False).model.backbone.checkpointing == 0
+    assert task(0.25).model.backbone.checkpointing == 0.25
 
 
 def test_config_field_is_checked() -> None:

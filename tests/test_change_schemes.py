@@ -3,6 +3,7 @@ class in common refused, maps from other tools compared with a given scheme."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,40 @@ def test_maps_from_other_tools_take_a_given_scheme(arrays, tmp_path: Path) -> No
         change_maps(b, a, tmp_path / "refused")
     result = change_maps(b, a, tmp_path / "out", classes=WHU_OPT_SAR_CLASSES)
     assert result.changed_share == pytest.approx(float((before != after).mean()))
+
+
+def test_evaluate_and_change_commands_take_a_scheme_for_other_tools_maps(
+    arrays, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from gopt_geo.cli import app
+
+    before, after = arrays
+    pred = write_raster(tmp_path / "pred.tif", after)  # another tool's map: no tags
+    ref = write_raster(tmp_path / "ref.tif", before)
+    within = write_raster(tmp_path / "within.tif", (np.arange(64)[:, None] < 16) * np.ones(64))
+    runner = CliRunner()
+    refused = runner.invoke(app, ["evaluate", str(pred), str(ref)])
+    assert refused.exit_code == 2 and "--classes" in refused.output
+    out = tmp_path / "m.json"
+    done = runner.invoke(
+        app, ["evaluate", str(pred), str(ref), "--classes", "whu_opt_sar", "-o", str(out)]
+    )
+    assert done.exit_code == 0, done.output
+    assert json.loads(out.read_text())["pixels"] == before.size
+    part = runner.invoke(
+        app,
+        ["evaluate", str(pred), str(ref), "--classes", "whu_opt_sar", "--within", str(within)]
+        + ["-o", str(tmp_path / "w.json")],
+    )
+    assert part.exit_code == 0, part.output
+    assert json.loads((tmp_path / "w.json").read_text())["pixels"] == 16 * 64
+    bad = runner.invoke(app, ["evaluate", str(pred), str(ref), "--classes", "nope"])
+    assert bad.exit_code == 2 and "--classes: unknown class scheme 'nope'" in bad.output
+    changed = runner.invoke(
+        app,
+        ["change", str(ref), str(pred), "-o", str(tmp_path / "c"), "--classes", "whu_opt_sar"],
+    )
+    assert changed.exit_code == 0, changed.output
+    assert "changed class" in changed.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import geopandas as gpd
 import numpy as np
@@ -162,3 +163,80 @@ def test_predict_options_units_and_bad_values(tmp_path: Path) -> None:
     )  # refused before any file is opened
     assert res.exit_code == 2 and "unknown vector format 'shp'" in res.output
     assert "Traceback" not in res.output
+
+
+def _flags(command: str) -> dict[str, object]:
+    """The command's parameters as typer builds them: name -> click parameter."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    return {p.name: p for p in group.commands[command].params}  # type: ignore[attr-defined]
+
+
+def test_prediction_flags_come_from_the_options_declaration() -> None:
+    import dataclasses
+
+    from gopt_geo.inference.options import PredictOptions
+
+    fields = {f.name: f for f in dataclasses.fields(PredictOptions)}
+    for command, own in (("predict", ()), ("predict-many", ("progress",))):
+        flags = _flags(command)
+        shared = [name for name in flags if name in fields and name not in own]
+        expected = (
+            set(fields) - {"overwrite", "progress"} if command == "predict-many" else set(fields)
+        )
+        assert set(shared) == expected, command  # every option has a flag (weights too)
+        for name in shared:
+            flag, field = flags[name], fields[name]
+            assert flag.help == field.metadata["help"], (command, name)
+            assert flag.default == field.default, (command, name)
+    # the option names and their order are the command line's as before, the new ones added
+    assert [n for n in _flags("predict") if n in fields] == [
+        "window", "overlap", "margin", "batch_size", "device", "weights", "probabilities",
+        "confidence", "uncertainty", "uncertainty_threshold", "vector", "min_area", "simplify",
+        "wait",
+        "overwrite", "progress",
+    ]  # fmt: skip
+    assert _flags("predict")["confidence"].secondary_opts == ["--no-confidence"]
+    assert _flags("predict-many")["progress"].help == "Show a progress bar over scenes."
+
+
+def test_prediction_flags_reach_the_options(monkeypatch, tmp_path: Path) -> None:
+    """Each command hands the library one PredictOptions made of its flags."""
+    import gopt_geo.adapter
+    import gopt_geo.inference.predictor
+    import gopt_geo.inference.sources
+    from gopt_geo.inference.options import PredictOptions
+
+    seen: list[PredictOptions] = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(optical, sar, model, out_dir, options):  # noqa: ANN001, ANN202
+        seen.append(options)
+        raise Stop
+
+    chosen = SimpleNamespace(routing=None, optical="scene.tif", sar=None)
+    monkeypatch.setattr(gopt_geo.adapter, "read_adapter_metadata", lambda path: chosen)
+    monkeypatch.setattr(gopt_geo.inference.sources, "single_scene", lambda *args: chosen)
+    monkeypatch.setattr(gopt_geo.inference.predictor, "predict_scene", capture)
+    weights = tmp_path / "backbone.safetensors"
+    args = ["predict", "scene.tif", "--model", "a.safetensors", "--margin", "32"]
+    args += ["--uncertainty", "--uncertainty-threshold", "0.3", "--weights", str(weights)]
+    args += ["--vector", "none", "--no-confidence", "--no-progress"]
+    res = runner.invoke(app, args)
+    assert isinstance(res.exception, Stop), res.output
+    assert seen == [
+        PredictOptions(
+            margin=32,
+            uncertainty=True,
+            uncertainty_threshold=0.3,
+            weights=weights,
+            vector=None,
+            confidence=False,
+            progress=False,
+        )
+    ]
+    res = runner.invoke(app, ["predict", "s.tif", "--model", "a", "--uncertainty-threshold", "1"])
+    assert res.exit_code == 2 and "uncertainty threshold must be between 0 and 1" in res.output

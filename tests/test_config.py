@@ -55,3 +55,25 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_shipped_configs_load(path: Path) -> None:
     cfg = load_config(path)
     assert cfg.model.variant in {"gopt", "optical_only", "early_fusion", "static_prompt"}
+
+
+def test_the_optical_yardstick_gets_the_optical_bands_only() -> None:
+    """optical_all_bands sees every optical band and no SAR, whatever aux_bands says
+    (with SAR it would be a late-fusion model, not the optical baseline)."""
+    import warnings
+
+    base = ["model.variant=optical_all_bands", "data.optical_bands=[B, G, R, NIR, SWIR]"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default aux_bands: nothing to say
+        routing = load_config(None, base).band_routing()
+    assert routing.aux_bands == ("NIR", "SWIR") and routing.sar_bands == ("VV", "VH")
+    with pytest.warns(UserWarning, match=r"optical bands only, \['NIR', 'SWIR'\] \(not the SAR"):
+        named = load_config(None, [*base, "data.aux_bands=[NIR, VV]"]).band_routing()
+    assert named.aux_bands == ("NIR", "SWIR")
+    # the other variants route as configured
+    gopt = load_config(None, ["data.aux_bands=[NIR, VV]"]).band_routing()
+    assert gopt.aux_bands == ("NIR", "VV")
+    assert load_config(None, []).band_routing().aux_bands == ("NIR", "VV", "VH")
+    rgb_only = ["model.variant=optical_all_bands", "data.optical_bands=[R, G, B]"]
+    with pytest.raises(InputError, match=r"optical_all_bands: no optical band besides the RGB"):
+        load_config(None, rgb_only).band_routing()

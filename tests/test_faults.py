@@ -37,6 +37,7 @@ from gopt_geo.cli import app
 from gopt_geo.data.bands import BandRouting
 from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
 from gopt_geo.data.synthetic import SceneFiles, make_scene
+from gopt_geo.locks import LOCK_NAME
 from gopt_geo.models import ModelConfig, build_model
 from gopt_geo.outputs.staging import PAUSE_ENV, SIGNAL_ENV
 
@@ -276,6 +277,8 @@ def test_sigkill_while_vectorising_keeps_the_previous_set(
     assert code == -signal.SIGKILL
     assert files(out) == files(setup.previous)  # byte for byte, nothing new beside it
     left = hidden(out)
+    assert LOCK_NAME in left  # the killed run's lock: the kernel released it, the file stays
+    left.remove(LOCK_NAME)
     assert left and all(".partial-" in name for name in left)  # the killed run's temps
     # the next run into the folder removes them; without --overwrite it then refuses
     res = runner.invoke(app, predict_args(setup, setup.new, out, overwrite=False))

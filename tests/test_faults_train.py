@@ -106,7 +106,7 @@ def test_a_killed_training_leaves_a_run_that_can_be_taken_up(
         read_adapter_metadata(out / "adapter.safetensors")  # complete, never half-written
     last = out / "checkpoints" / "last.ckpt"
     if last.exists():
-        epoch = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
+        epoch = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
         cfg = load_config(CONFIG, [*_sets(scenes, out), f"train.epochs={epoch + 2}"])
         result = train(cfg, resume=True, log=lambda *_: None)
     else:

@@ -86,3 +86,23 @@ def test_threads_of_one_process_exclude_each_other(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert overlaps == [1, 1, 1, 1]
+
+
+def test_predict_and_predict_many_refuse_a_folder_another_run_writes(
+    adapter: Path, scene, tmp_path: Path
+) -> None:
+    from gopt_geo.inference import PredictOptions, predict_scene
+    from gopt_geo.inference.many import predict_many
+    from gopt_geo.inference.sources import Scene
+
+    options = PredictOptions(window=64, vector=None, progress=False)
+    out = tmp_path / "out"
+    with folder_lock(out):  # another run (the lock excludes any other holder)
+        with pytest.raises(InputError, match="another gopt-geo run is writing"):
+            predict_scene(scene.optical, scene.sar, adapter, out, options)
+        scenes = [Scene("tile", str(scene.optical), str(scene.sar))]
+        with pytest.raises(InputError, match="another gopt-geo run is writing"):
+            predict_many(scenes, adapter, out, options=options, executor=None)
+    assert not any(p.name.endswith(".tif") for p in out.rglob("*"))
+    result = predict_scene(scene.optical, scene.sar, adapter, out, options)  # free again
+    assert result.class_map.exists() and not (out / LOCK_NAME).exists()

@@ -383,6 +383,24 @@ def test_progress_bar_over_windows(scene: SceneFiles, tmp_path: Path, capsys) ->
     assert "window" in err and "9/9" in err
 
 
+def test_on_forward_hook_sees_every_model_call(scene: SceneFiles, tmp_path: Path) -> None:
+    """The public timing hook (benchmarks): one call per batch of windows the model ran,
+    the windows adding up to the plan's, and the maps unchanged by it."""
+    calls: list[tuple[int, float]] = []
+    options = PredictOptions(window=64, batch_size=4, vector=None, progress=False)
+    plain = Predictor(PointwiseModel(), ROUTING, CLASSES, device="cpu")
+    reference = plain.predict(scene.optical, scene.sar, tmp_path / "plain", options)
+    hooked = Predictor(PointwiseModel(), ROUTING, CLASSES, device="cpu")
+    hooked.on_forward = lambda windows, seconds: calls.append((windows, seconds))
+    result = hooked.predict(scene.optical, scene.sar, tmp_path / "hooked", options)
+    assert [n for n, _ in calls] == [4] * (result.stats.windows // 4) + (
+        [result.stats.windows % 4] if result.stats.windows % 4 else []
+    )
+    assert all(seconds >= 0 for _, seconds in calls)
+    np.testing.assert_array_equal(read(result.class_map), read(reference.class_map))
+    np.testing.assert_array_equal(read(result.confidence), read(reference.confidence))
+
+
 # ---------------------------------------------------------------------------- bad input
 
 

@@ -36,9 +36,10 @@ from gopt_geo.data.bands import BandRouting
 from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
 from gopt_geo.data.synthetic import make_scenes
 from gopt_geo.errors import InputError
-from gopt_geo.inference import many
-from gopt_geo.inference.many import SceneOutcome, SceneTask, plan_workers
+from gopt_geo.inference import runner as scene_runner
+from gopt_geo.inference.cluster import plan_workers
 from gopt_geo.inference.options import PredictOptions
+from gopt_geo.inference.runner import SceneOutcome, SceneTask
 from gopt_geo.inference.sources import Scene
 from gopt_geo.models import ModelConfig, build_model
 
@@ -401,15 +402,15 @@ def test_only_transient_failures_are_tried_again(monkeypatch: pytest.MonkeyPatch
             return SceneOutcome(task.scene.id, "done")
         err = InputError(f"{task.scene.id}: cannot read pixels ({reason})")
         return SceneOutcome(
-            task.scene.id, "failed", reason=str(err), transient=many.is_transient(err)
+            task.scene.id, "failed", reason=str(err), transient=scene_runner.is_transient(err)
         )
 
-    monkeypatch.setattr(many, "map_scene", fake)
+    monkeypatch.setattr(scene_runner, "map_scene", fake)
     tasks = [SceneTask(Scene(n, f"{n}.tif"), "a", "sha", ".", PredictOptions()) for n in plans]
     for executor in (None, ThreadPoolExecutor(2)):
         calls.clear()
         outcomes: dict[str, SceneOutcome] = {}
-        many._run_tasks(tasks, executor, 2, functools.partial(_record, outcomes))
+        scene_runner.run_tasks(tasks, executor, 2, functools.partial(_record, outcomes))
         assert (outcomes["flaky"].status, outcomes["flaky"].attempts) == ("done", 3)
         assert (outcomes["broken"].status, outcomes["broken"].attempts) == ("failed", 1)
         assert (outcomes["down"].status, outcomes["down"].attempts) == ("failed", 3)

@@ -16,6 +16,7 @@ from torchgeo.samplers import GriddedPatchSampler, RandomPatchSampler
 
 from gopt_geo.data.classes import IGNORE_INDEX, WHU_OPT_SAR_CLASSES
 from gopt_geo.data.datamodule import OpticalSarDataModule
+from gopt_geo.data.disk_cache import CACHE_DIR_ENV
 from gopt_geo.data.scenes import SCENE_CACHE_ENV, OpticalSarScenes
 from gopt_geo.errors import InputError
 
@@ -168,20 +169,37 @@ def test_user_transforms_apply_to_cached_samples(root: Path) -> None:
 
 
 def test_cache_off_with_env_zero(
-    root: Path, monkeypatch: pytest.MonkeyPatch, torchgeo_calls: list[Any]
+    root: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    torchgeo_calls: list[Any],
 ) -> None:
+    """0 turns the scene cache off altogether: no disk cache either."""
     monkeypatch.setenv(SCENE_CACHE_ENV, "0")
+    disk = tmp_path_factory.mktemp("scene-cache")
     ds = scenes(root)
-    assert ds.build_scene_cache() is None
+    assert ds.build_scene_cache(disk_dir=disk) is None
+    assert list(disk.iterdir()) == []
     indices = list(RandomPatchSampler(ds, size=16, length=5, generator=1))
     for index in indices:
         ds[index]
     assert len(torchgeo_calls) == len(indices)
 
 
-def test_cache_off_over_budget_and_bad_env(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_off_over_budget_and_bad_env(
+    root: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(SCENE_CACHE_ENV, "0.05")  # 52 KB < 3 scenes x 64 x 64 x 25 B
+    monkeypatch.setenv(CACHE_DIR_ENV, "off")
     assert scenes(root).build_scene_cache() is None
+    assert scenes(root).build_scene_cache(disk_dir=None) is None
+    # over the budget with a disk cache: every scene mapped from disk, none in memory
+    disk = tmp_path_factory.mktemp("scene-cache")
+    cache = scenes(root).build_scene_cache(disk_dir=disk)
+    assert cache is not None and sorted(cache.names) == NAMES
+    assert all(s.source is not None and s.source.parent == disk for s in cache.scenes)
+    monkeypatch.setenv(CACHE_DIR_ENV, str(disk))
+    assert scenes(root).build_scene_cache() is not None  # "auto": the environment's folder
     monkeypatch.setenv(SCENE_CACHE_ENV, "1")
     assert scenes(root).build_scene_cache() is not None
     monkeypatch.setenv(SCENE_CACHE_ENV, "lots")

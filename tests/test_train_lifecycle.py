@@ -35,7 +35,7 @@ def _history(run: Path) -> list[dict[str, str]]:
 
 
 def _state(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -51,7 +51,7 @@ def test_resume_equals_an_uninterrupted_run(scenes: Path, tmp_path: Path) -> Non
     whole = train(tiny_config(scenes, tmp_path / "whole", *sets), **QUIET)
     cut = tmp_path / "cut"
     train(tiny_config(scenes, cut, *sets), callbacks=[StopAfter(2)], **QUIET)
-    assert torch.load(cut / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+    assert torch.load(cut / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
     resumed = train(tiny_config(scenes, cut, *sets), resume=True, **QUIET)
 
     a, b = _state(tmp_path / "whole"), _state(cut)
@@ -69,7 +69,7 @@ def test_the_adapter_is_only_replaced_by_a_better_epoch(scenes: Path, tmp_path: 
     sets = ("train.epochs=4",)
     train(tiny_config(scenes, out, *sets), callbacks=[StopAfter(2)], **QUIET)
     train(tiny_config(scenes, out, *sets), resume=True, **QUIET)
-    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     scores = [float(r["val_miou"]) for r in _history(out) if r.get("val_miou")]
     export = next(v for k, v in ckpt["callbacks"].items() if k.startswith("AdapterExport"))
     assert len(scores) == 4 and export["best"] == pytest.approx(max(scores))

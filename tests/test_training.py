@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from gopt_geo.cli import app
 from gopt_geo.config import RunConfig, load_config
-from gopt_geo.data.datamodule import OpticalSarDataModule
 from gopt_geo.errors import InputError
 from gopt_geo.training import GoPTTask, train
 
@@ -44,7 +43,7 @@ def tiny_config(scenes: Path, out: Path, *extra: str) -> RunConfig:
 def _fixed_batch(cfg: RunConfig) -> tuple[dict[str, torch.Tensor], object]:
     """Training patches (as read; the task flips them in its step), and the routing with
     the training statistics."""
-    dm = OpticalSarDataModule.from_config(cfg)
+    dm = cfg.datamodule()
     dm.setup("fit")
     return next(iter(dm.train_dataloader())), dm.routing
 
@@ -79,18 +78,16 @@ def test_training_lowers_loss_and_keeps_backbone(scenes: Path, tmp_path: Path) -
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
     assert meta.metrics["val"]["miou"] >= 0
     # a checkpoint holds the trainable tensors only
-    ckpt = torch.load(result.last_checkpoint, weights_only=False)
+    ckpt = torch.load(result.last_checkpoint, weights_only=True)
     assert not any(k.startswith("model.backbone.") for k in ckpt["state_dict"])
 
 
 def test_optimizer_holds_only_trainable_tensors(scenes: Path, tmp_path: Path) -> None:
     cfg = tiny_config(scenes, tmp_path / "run")
     _, routing = _fixed_batch(cfg)
-    from dataclasses import asdict
-
     from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
 
-    task = GoPTTask(asdict(cfg.model), routing.to_dict(), WHU_OPT_SAR_CLASSES.to_dict())
+    task = GoPTTask(cfg.model, cfg.train, routing, WHU_OPT_SAR_CLASSES)
     opt = task.configure_optimizers()["optimizer"]
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     trainable = {id(p) for p in task.parameters() if p.requires_grad}
@@ -108,14 +105,14 @@ def test_resume_continues(scenes: Path, tmp_path: Path) -> None:
     train(
         tiny_config(scenes, out, "train.epochs=1", "train.log_every_n_steps=1"), log=lambda *_: None
     )
-    first = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    first = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert first["global_step"] == 4 and first["epoch"] == 0
     train(
         tiny_config(scenes, out, "train.epochs=2", "train.log_every_n_steps=1"),
         resume=True,
         log=lambda *_: None,
     )
-    second = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    second = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert second["global_step"] == 8  # 4 more steps, not 8 from zero
     assert max(_steps(out)) >= 4
 

@@ -120,6 +120,18 @@ class BandRouting:
             self, mean=dict(mean), std=dict(std), profile=dict(profile or self.profile)
         )
 
+    def every_optical_band(self) -> BandRouting:
+        """This routing with every optical band the backbone does not take as the
+        auxiliary bands, and nothing else (the SAR bands stay inputs, read and checked,
+        but reach no part of the model).
+
+        The optical yardstick (``optical_all_bands``) is meant to see every optical band
+        and only those: with SAR among its auxiliary bands it would be a late-fusion
+        model, and GoPT's gain over it would no longer be what the SAR brings.
+        """
+        aux = tuple(b for b in self.optical_bands if b not in self.rgb)
+        return dataclasses.replace(self, aux=aux)
+
     def sar_units_warning(self) -> str | None:
         """A warning when the SAR values do not look like the declared ``sar_units``
         (from the training statistics, in dB after conversion), else None.

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
+# IGNORE_INDEX lives below data and models (both use it); re-exported here, where it
+# has always been imported from
+from gopt_geo.constants import IGNORE_INDEX
+
 #: Raster tag holding a class map's scheme (codes, names, colours) as JSON.
 CLASSES_TAG = "GOPT_GEO_CLASSES"
-
-#: Index given to ignored pixels (background, nodata) in training targets. It fits in
-#: uint8 and is torch's usual choice for segmentation.
-IGNORE_INDEX = 255
 
 
 @dataclass(frozen=True)
@@ -255,3 +255,15 @@ def resolve_scheme(
     return scheme_from_declaration(
         doc["classes"], ignore_codes if ignore_codes is not None else file_ignore, str(path)
     )
+
+
+def scheme_option(spec: str, option: str = "--classes") -> ClassScheme:
+    """The scheme a command-line option names (a built-in scheme or a class file, as
+    ``data.classes`` takes them), for maps from other tools that carry none; a bad value
+    is one line naming the option."""
+    from gopt_geo.errors import InputError
+
+    try:
+        return resolve_scheme(spec, None, Path.cwd())
+    except ValueError as err:
+        raise InputError(f"{option}: {str(err).replace('data.classes: ', '')}") from None

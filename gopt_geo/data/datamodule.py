@@ -8,7 +8,10 @@
   be split); either way no patch is shared across splits;
 - label codes are checked against the class scheme before anything trains;
 - per-band statistics come from training patches only and end up in
-  :attr:`routing`, which the task stores in the adapter file;
+  :attr:`routing`, which the task stores in the adapter file; the same pass counts the
+  labelled pixels of each class (:attr:`class_pixels`, for ``class_weights: auto``);
+- the datamodule is built from a run config by ``RunConfig.datamodule`` (config.py):
+  this layer never imports the run configuration above it (design §2);
 - each split's scenes are read into memory when its dataset is built, if they fit the
   scene cache's budget (scenes.py), before any DataLoader worker is forked.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import geopandas
 import numpy as np
@@ -30,14 +33,11 @@ from torchgeo.samplers import GriddedPatchSampler, RandomPatchSampler
 
 from ..errors import InputError
 from .bands import BandRouting
-from .classes import ClassScheme
+from .classes import IGNORE_INDEX, ClassScheme
 from .normalize import band_statistics
 from .rasters import check_label_codes
 from .scenes import SPLITS, OpticalSarScenes
 from .whu_opt_sar import WHUOptSar
-
-if TYPE_CHECKING:
-    from ..config import RunConfig
 
 #: Dataset classes by the name a run config gives in ``data.dataset``.
 DATASETS: dict[str, type[OpticalSarScenes]] = {"scenes": OpticalSarScenes, "whu_opt_sar": WHUOptSar}
@@ -88,6 +88,7 @@ class OpticalSarDataModule(GeoDataModule):
         seed: int = 0,
         split_rows: list[float] | None = None,
         split_order: list[str] | None = None,
+        scene_cache_dir: str | Path | None = "auto",
     ) -> None:
         if dataset not in DATASETS:
             raise InputError(
@@ -120,6 +121,9 @@ class OpticalSarDataModule(GeoDataModule):
             if scenes is not None:
                 raise InputError("data.split_rows and data.scenes cannot be used together")
         self.split_rows = split_rows
+        #: where a split too large for the memory cache is cached on disk ("auto": the
+        #: default folder or GOPT_GEO_SCENE_CACHE_DIR; None/"off": no disk cache)
+        self.scene_cache_dir = scene_cache_dir
         self.split_order = list(split_order or SPLITS)
         if sorted(self.split_order) != sorted(SPLITS):
             raise InputError(
@@ -129,47 +133,25 @@ class OpticalSarDataModule(GeoDataModule):
         self._checked: set[Path] = set()
         self._stages: set[str] = set()  # label files already checked (row splits share them)
         self.stats_patches = stats_patches
+        #: labelled pixels per class in the statistics' training patches (ignore-index
+        #: pixels left out); None until that pass ran
+        self.class_pixels: np.ndarray | None = None
         self.seed = seed
         # batches reach the task as read: the task flips them inside its training step,
         # where every random draw is seeded per step (resume-exact)
         self.aug = _identity
         self.train_aug = _identity
 
-    @classmethod
-    def from_config(
-        cls, cfg: RunConfig, routing: BandRouting | None = None
-    ) -> OpticalSarDataModule:
-        """The datamodule a run config describes; ``routing`` replaces the config's (e.g. an
-        adapter's, with its training statistics, for evaluation)."""
-        d = cfg.data
-        root = Path(d.root)
-        if not root.exists():
-            raise InputError(f"{root}: data root not found (data.root)")
-        return cls(
-            root,
-            dataset=d.dataset,
-            routing=routing or cfg.band_routing(),
-            classes=cfg.class_scheme(),
-            scenes=d.scenes,
-            batch_size=d.batch_size,
-            patch_size=d.patch_size,
-            length=d.train_patches,
-            num_workers=d.num_workers,
-            stats_patches=d.stats_patches,
-            seed=cfg.seed,
-            split_rows=d.split_rows,
-            split_order=d.split_order,
-        )
-
     def split_dataset(self, split: str) -> OpticalSarScenes:
         """The dataset of one split, built (and its label codes checked) once.
 
         Its scene cache is built here, in this process, so that DataLoader workers forked
         later (training, validation, ``evaluate``) share one copy instead of each reading
-        the scenes again."""
+        the scenes again: in memory when the split fits the budget, else on disk
+        (``scene_cache_dir``), memory-mapped by every worker."""
         if split not in self._datasets:
             ds = self._build_split(split)
-            ds.build_scene_cache()
+            ds.build_scene_cache(disk_dir=self.scene_cache_dir)
             self._datasets[split] = ds
         return self._datasets[split]
 
@@ -247,10 +229,33 @@ class OpticalSarDataModule(GeoDataModule):
             )
 
     def ensure_statistics(self) -> BandRouting:
-        """Compute per-band statistics from training patches, unless the routing has them."""
+        """Compute per-band statistics from training patches, unless the routing has them
+        (the same pass counts :attr:`class_pixels`)."""
         assert self.routing is not None
         if self.routing.mean and self.routing.std:
             return self.routing
+        images = self._statistics_patches()
+        mean, std, profile = band_statistics(images, self.routing)
+        self.routing = self.routing.with_stats(mean, std, profile)
+        warning = self.routing.sar_units_warning()
+        if warning:
+            warnings.warn(f"{self.kwargs['root']}: {warning}", UserWarning, stacklevel=2)
+        return self.routing
+
+    def class_pixel_counts(self) -> np.ndarray:
+        """Labelled pixels per class (scheme order) in the training patches the
+        statistics are computed from: a fixed sample (``data.stats_patches``, seeded),
+        so a resumed run counts the same. Counted in the statistics' pass when that ran;
+        otherwise in a pass of its own."""
+        if self.class_pixels is None:
+            for _ in self._statistics_patches():
+                pass
+        assert self.class_pixels is not None
+        return self.class_pixels
+
+    def _statistics_patches(self) -> Iterator[torch.Tensor]:
+        """The images of the statistics' training patches, counting the classes of
+        their labels on the way (ignore-index pixels are not counted)."""
         ds = self.split_dataset("train")
         sampler = RandomPatchSampler(
             ds,
@@ -258,12 +263,16 @@ class OpticalSarDataModule(GeoDataModule):
             length=self.stats_patches,
             generator=self.seed + 1,
         )
-        mean, std, profile = band_statistics((ds[q]["image"] for q in sampler), self.routing)
-        self.routing = self.routing.with_stats(mean, std, profile)
-        warning = self.routing.sar_units_warning()
-        if warning:
-            warnings.warn(f"{self.kwargs['root']}: {warning}", UserWarning, stacklevel=2)
-        return self.routing
+        k = self.classes.num_classes
+        counts = np.zeros(k, dtype=np.int64)
+        for query in sampler:
+            sample = ds[query]
+            if "mask" in sample:
+                mask = torch.as_tensor(sample["mask"]).reshape(-1).long()
+                mask = mask[(mask != IGNORE_INDEX) & (mask >= 0) & (mask < k)]
+                counts += torch.bincount(mask, minlength=k).numpy()
+            yield sample["image"]
+        self.class_pixels = counts
 
     def transfer_batch_to_device(
         self, batch: Sample, device: torch.device, dataloader_idx: int

@@ -17,25 +17,43 @@ each scene is read once, through that same torchgeo path, over its whole extent,
 patches inside it are sliced out of the arrays (:class:`SceneCache`). A patch the cache
 cannot answer exactly as torchgeo would (past a scene's edge, across scenes, off the
 pixel grid) is read by torchgeo as before.
+
+Disk cache: a split too large for the budget (every split of WHU-OPT-SAR) is cached on
+disk instead (disk_cache.py): each scene is read once, through the same torchgeo path, in
+strips of rows, into ``.npy`` files under ``GOPT_GEO_SCENE_CACHE_DIR`` (default
+``~/.cache/gopt-geo/scenes``; ``off`` turns it off), keyed by the source files' identity
+and the band routing. The arrays are memory-mapped read-only; a :class:`CachedScene`
+whose arrays are mapped pickles as its folder, so DataLoader workers (forked or
+spawned) map the same files instead of copying them. Patches are sliced from the mapped
+arrays exactly as from the in-memory ones.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+import sys
+import threading
+import time
+import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
+import rasterio
 import rasterio.transform
 import shapely
 import torch
+import torchgeo
 from torchgeo.datasets import GeoDataset, IntersectionDataset
 from torchgeo.datasets.utils import GeoSlice, Sample
 
 from ..errors import InputError
 from ..io import check_overlap, open_raster
+from . import disk_cache
 from .bands import BandRouting
 from .classes import ClassScheme
 from .rasters import (
@@ -53,8 +71,15 @@ SPLITS = ("train", "val", "test")
 #: split (image float32, labels in their smallest integer type). A split that needs more
 #: is not cached at all and is read patch by patch, as without the cache.
 SCENE_CACHE_BYTES = 2 * 2**30
-#: Environment override of :data:`SCENE_CACHE_BYTES`, in MiB; 0 turns the cache off.
+#: Environment override of :data:`SCENE_CACHE_BYTES`, in MiB; 0 turns the scene cache
+#: off, in memory and on disk (every patch is read by torchgeo).
 SCENE_CACHE_ENV = "GOPT_GEO_SCENE_CACHE_MB"
+#: Bytes of image read at once while a scene is written to the disk cache: a WHU-OPT-SAR
+#: scene is about 400 MB as float32, so it is read in strips of rows of about this size.
+STRIP_BYTES = 32 * 2**20
+#: Scenes read at once while the disk cache is built (GDAL releases the GIL while it
+#: reads and warps, so threads overlap).
+BUILD_THREADS = 4
 #: Patch edges this close to a pixel border (in pixels) are on the grid: GDAL reads such
 #: a window as the whole-pixel one, so slicing gives the same pixels.
 GRID_TOLERANCE = 1e-6
@@ -108,8 +133,12 @@ def _smallest_int(mask: torch.Tensor) -> torch.Tensor:
 class CachedScene:
     """One scene as torchgeo reads it over its whole extent, before cleaning.
 
-    ``image`` is [C, H, W] float32 (optical then SAR on the optical grid), ``mask`` the
-    raw label codes [H, W] (or None); pixel (0, 0) has its corner at (``left``, ``top``).
+    ``image`` is [C, H, W] (optical then SAR on the optical grid): float32 in memory; on
+    disk float32 or a narrower dtype that holds every value exactly (uint8 for
+    WHU-OPT-SAR), so a patch converted to float32 is torchgeo's. ``mask`` is the raw
+    label codes [H, W] (or None); pixel (0, 0) has its corner at (``left``, ``top``).
+    ``source`` is the disk cache entry the arrays are mapped from, if any: such a scene
+    pickles as that folder and is mapped again where it is unpickled.
     """
 
     name: str
@@ -117,6 +146,12 @@ class CachedScene:
     top: float
     image: torch.Tensor
     mask: torch.Tensor | None
+    source: Path | None = None
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        if self.source is None:
+            return super().__reduce_ex__(protocol)
+        return mapped_scene, (self.source, self.name, self.left, self.top)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -130,8 +165,35 @@ class CachedScene:
         return n
 
 
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor over a read-only mapped array, without copying it. torch warns that it
+    cannot mark the tensor read-only; nothing writes to it (:meth:`SceneCache.sample`
+    copies every patch it serves)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+def mapped_scene(folder: str | Path, name: str, left: float, top: float) -> CachedScene:
+    """The disk cache entry in ``folder`` as a :class:`CachedScene`, mapped read-only."""
+    stored = disk_cache.open_entry(folder)
+    mask = _tensor(stored.mask) if stored.mask is not None else None
+    return CachedScene(name, left, top, _tensor(stored.image), mask, stored.folder)
+
+
+class ScenePlan(NamedTuple):
+    """A scene the cache can answer for: its optical bounds, size and source files."""
+
+    name: str
+    bounds: tuple[float, float, float, float]
+    height: int
+    width: int
+    #: every file of every role (optical, SAR, labels) that overlaps the scene
+    sources: tuple[str, ...]
+
+
 class SceneCache:
-    """The scenes of a split in memory, answering patches by slicing.
+    """The scenes of a split in memory (or mapped from disk), answering patches by slicing.
 
     Only scenes whose every source file (optical, SAR, labels) either contains the whole
     scene or does not overlap it are cached: torchgeo then reads each file over a patch
@@ -245,8 +307,11 @@ class SceneCache:
         ]
         transform = rasterio.transform.from_origin(x.start, y.stop, x.step, y.step)
         sample: Sample = {"bounds": torch.tensor(bounds), "transform": torch.tensor(transform)}
-        # copies: the cleaner writes NaN into the image in place
-        sample["image"] = scene.image[:, rows, cols].clone(memory_format=torch.contiguous_format)
+        # copies: the cleaner writes NaN into the image in place (and mapped arrays are
+        # read-only); a narrow dtype on disk holds torchgeo's float32 values exactly
+        sample["image"] = scene.image[:, rows, cols].to(
+            torch.float32, memory_format=torch.contiguous_format, copy=True
+        )
         if scene.mask is not None:
             sample["mask"] = scene.mask[rows, cols].to(
                 torch.long, memory_format=torch.contiguous_format, copy=True
@@ -261,10 +326,10 @@ class OpticalSarScenes(IntersectionDataset):
     ``mask`` (class indices, IGNORE_INDEX for background/nodata) when labels exist,
     ``bounds`` and ``transform`` of the patch.
 
-    Patches are served from the split's :class:`SceneCache` when it fits the memory
-    budget (built on first use or by :meth:`build_scene_cache`; DataLoader workers forked
-    after that share it copy-on-write), otherwise read by torchgeo; both give the same
-    sample.
+    Patches are served from the split's :class:`SceneCache` (built on first use or by
+    :meth:`build_scene_cache`): in memory when the split fits the budget (DataLoader
+    workers forked after that share it copy-on-write), else mapped from the disk cache
+    (workers map the same files), else read by torchgeo; all give the same sample.
     """
 
     optical_dir: ClassVar[str] = "optical"
@@ -356,13 +421,19 @@ class OpticalSarScenes(IntersectionDataset):
             sample = self.transforms(sample)
         return sample
 
-    def build_scene_cache(self) -> SceneCache | None:
-        """Read the split's scenes into memory once, if they fit the budget.
+    def build_scene_cache(
+        self, disk_dir: str | Path | None = "auto", threads: int | None = None
+    ) -> SceneCache | None:
+        """Cache the split's scenes once: in memory if they fit the budget, else on disk.
 
         Called on first access; the datamodule calls it as it builds a split's dataset,
         so that DataLoader workers (forked later) share one copy, copy-on-write, instead
-        of each reading the scenes. Returns None when the cache is off
-        (``GOPT_GEO_SCENE_CACHE_MB=0``), over budget, or no scene qualifies.
+        of each reading the scenes. A split over the budget is cached on disk under
+        ``disk_dir`` (``"auto"``: ``GOPT_GEO_SCENE_CACHE_DIR`` or the user's cache
+        folder; None or ``"off"``: no disk cache; see :func:`disk_cache.resolve_cache_dir`),
+        built with ``threads`` scenes at a time. Returns None when the cache is off
+        (``GOPT_GEO_SCENE_CACHE_MB=0``), over budget without a disk cache, or no scene
+        qualifies.
         """
         if self._scene_cache_done:
             return self.scene_cache
@@ -371,18 +442,35 @@ class OpticalSarScenes(IntersectionDataset):
         if budget <= 0:
             return None
         plan = self._cacheable_scenes()
+        if not plan:
+            return None
         channels = len(self.routing.optical_bands) + len(self.routing.sar_bands)
         per_pixel = 4 * channels + (1 if self.label_paths else 0)
-        if not plan or sum(h * w for *_, h, w in plan) * per_pixel > budget:
-            return None
+        if sum(p.height * p.width for p in plan) * per_pixel <= budget:
+            self.scene_cache = self._memory_cache(plan, budget)
+        if self.scene_cache is None:
+            folder = disk_cache.resolve_cache_dir(disk_dir)
+            if folder is not None:
+                self.scene_cache = self._disk_cache(plan, folder, threads)
+        return self.scene_cache
+
+    def _read_raw(
+        self, leaves: Sequence[GeoDataset], x0: float, y0: float, x1: float, y1: float
+    ) -> Sample:
+        """The raw (uncleaned) sample of ``leaves`` over a box: the torchgeo path itself
+        (what :class:`IntersectionDataset` does with this dataset's leaves)."""
+        return collate_intersection([leaf[x0:x1, y0:y1] for leaf in leaves])
+
+    def _memory_cache(self, plan: Sequence[ScenePlan], budget: int) -> SceneCache | None:
+        """Every planned scene read whole into memory; None past the budget."""
         scenes: list[CachedScene] = []
         total = 0
-        for name, (x0, y0, x1, y1), _, _ in plan:
-            # the torchgeo path itself, over the whole scene, without cleaning
-            raw = self.collate_fn([ds[x0:x1, y0:y1] for ds in self.datasets])
+        for p in plan:
+            x0, y0, x1, y1 = p.bounds
+            raw = self._read_raw(self._leaves, x0, y0, x1, y1)
             mask = raw.get("mask")
             scene = CachedScene(
-                name,
+                p.name,
                 float(x0),
                 float(y1),
                 raw["image"].contiguous(),
@@ -392,13 +480,179 @@ class OpticalSarScenes(IntersectionDataset):
             if total > budget:  # labels wider than estimated
                 return None
             scenes.append(scene)
-        self.scene_cache = SceneCache(scenes, self.res, self._optical.bounds)
-        return self.scene_cache
+        return SceneCache(scenes, self.res, self._optical.bounds)
 
-    def _cacheable_scenes(
+    # -- disk cache ----------------------------------------------------------------------
+    def cache_recipe(self) -> dict[str, Any]:
+        """Everything besides the source files that the cached arrays depend on: which
+        bands are read from where, the grid and resampling they are read onto, and the
+        reading libraries' versions. Cleaning (nodata, class scheme) is applied to every
+        patch after the cache, so it is not part of it."""
+        leaves = []
+        for leaf in self._leaves:
+            leaves.append(
+                {
+                    "role": type(leaf).__name__,
+                    "bands": list(getattr(leaf, "bands", ()) or ()),
+                    "band_indexes": list(getattr(leaf, "band_indexes", None) or ()),
+                    "dtype": str(getattr(leaf, "dtype", "")),
+                    "resampling": str(getattr(leaf, "resampling", "")),
+                }
+            )
+        crs = self._optical.crs
+        return {
+            "leaves": leaves,
+            "crs": crs.to_wkt() if crs is not None else None,
+            "res": list(self.res),
+            "torchgeo": torchgeo.__version__,
+            "rasterio": rasterio.__version__,
+            "gdal": rasterio.__gdal_version__,
+        }
+
+    def _disk_cache(
+        self, plan: Sequence[ScenePlan], folder: Path, threads: int | None
+    ) -> SceneCache | None:
+        """Every planned scene mapped from the disk cache under ``folder``, building the
+        entries that are missing (in parallel, with a progress bar on a terminal)."""
+        try:
+            store = disk_cache.SceneStore(folder)
+        except OSError as e:
+            _note(
+                f"scene cache: cannot use {folder} ({e.strerror or e}); set "
+                f"{disk_cache.CACHE_DIR_ENV} to another folder ('off' to silence this). "
+                "Patches are read by torchgeo."
+            )
+            return None
+        recipe = self.cache_recipe()
+        start = time.perf_counter()
+        n_threads = max(1, min(threads or BUILD_THREADS, os.cpu_count() or 1, len(plan)))
+        local = threading.local()
+
+        def one(p: ScenePlan) -> tuple[CachedScene | None, bool]:
+            if not hasattr(local, "leaves"):  # each thread its own file handles
+                local.leaves = _uncached_copies(self._leaves)
+            try:
+                return self._disk_scene(store, recipe, p, local.leaves)
+            except OSError as e:
+                _note(f"scene cache: scene {p.name} not cached on disk ({e}); read by torchgeo")
+                return None, False
+
+        from tqdm.auto import tqdm
+
+        results: list[tuple[CachedScene | None, bool]] = []
+        with (
+            ThreadPoolExecutor(n_threads, thread_name_prefix="scene-cache") as pool,
+            # disable=None: a bar on a terminal only, not in logs
+            tqdm(
+                total=len(plan), unit="scene", desc=f"scene cache {self.split}", disable=None
+            ) as bar,
+        ):
+            for result in pool.map(one, plan):
+                results.append(result)
+                bar.update()
+        scenes = [s for s, _ in results if s is not None]
+        if not scenes:
+            return None
+        built = sum(b for _, b in results)
+        size = sum(s.nbytes for s in scenes)
+        seconds = time.perf_counter() - start
+        _note(
+            f"scene cache: split {self.split!r}, {len(scenes)} scene(s), "
+            f"{disk_cache.human_size(size)} on disk in {folder} "
+            + (f"({built} built in {seconds:.1f} s)" if built else "(reused)")
+        )
+        return SceneCache(scenes, self.res, self._optical.bounds)
+
+    def _disk_scene(
         self,
-    ) -> list[tuple[str, tuple[float, float, float, float], int, int]]:
-        """(name, bounds, height, width) of each optical scene the cache can answer for.
+        store: disk_cache.SceneStore,
+        recipe: dict[str, Any],
+        p: ScenePlan,
+        leaves: Sequence[GeoDataset],
+    ) -> tuple[CachedScene, bool]:
+        """One scene's entry, built if missing (or stale); (scene, built here?)."""
+        key = disk_cache.entry_key(p.sources, recipe)
+        channels = len(self.routing.optical_bands) + len(self.routing.sar_bands)
+        shape = (channels, p.height, p.width)
+        x0, y0, x1, y1 = p.bounds
+        meta = {
+            "sources": [disk_cache.file_identity(f) for f in p.sources],
+            "recipe": recipe,
+        }
+        image_dtype, mask_dtype = self._narrow_dtypes(p)
+
+        def fill(writer: disk_cache.SceneWriter) -> None:
+            self._write_scene(writer, p, leaves)
+
+        while True:
+            try:
+                stored, built = store.build(p.name, key, shape, image_dtype, mask_dtype, fill, meta)
+                break
+            except _Inexact as e:  # a value a narrow dtype cannot hold: store torchgeo's
+                if e.part == "image" and image_dtype != np.float32:
+                    image_dtype = np.dtype(np.float32)
+                elif e.part == "mask" and mask_dtype not in (None, np.int64):
+                    mask_dtype = np.dtype(np.int64)
+                else:
+                    raise
+        if built:
+            store.prune(p.name, p.sources, keep=key)
+        return mapped_scene(stored.folder, p.name, float(x0), float(y1)), built
+
+    def _narrow_dtypes(self, p: ScenePlan) -> tuple[np.dtype, np.dtype | None]:
+        """The narrowest dtypes that can hold the scene's values exactly, judged from the
+        source files' dtypes (checked strip by strip as they are written)."""
+        image_dtypes, mask_dtype = [], None
+        for leaf in self._leaves:
+            files = [f for f in p.sources if f in set(leaf.index["filepath"])]
+            dtypes = []
+            for f in files:
+                with open_raster(f) as src:
+                    dtypes.append(np.dtype(src.dtypes[0]))
+            if getattr(leaf, "is_image", True):
+                image_dtypes += dtypes
+            else:
+                mask_dtype = _narrow(dtypes, np.dtype(np.int64), wide=np.dtype(np.int32))
+        image = _narrow(image_dtypes, np.dtype(np.float32))
+        if self.label_paths and mask_dtype is None:
+            mask_dtype = np.dtype(np.int64)
+        return image, (mask_dtype if self.label_paths else None)
+
+    def _write_scene(
+        self, writer: disk_cache.SceneWriter, p: ScenePlan, leaves: Sequence[GeoDataset]
+    ) -> None:
+        """Read the scene through torchgeo in strips of whole rows and store them.
+
+        A strip is a patch on the scene's grid inside it: what :class:`SceneCache` relies
+        on (a slice of the whole read is the patch read) makes the strips, put together,
+        the whole-scene read.
+        """
+        x0, y0, x1, y1 = p.bounds
+        yres = self.res[1]
+        channels = writer.shape[0]
+        rows = max(1, STRIP_BYTES // (4 * channels * p.width))
+        for r0 in range(0, p.height, rows):
+            r1 = min(p.height, r0 + rows)
+            top = y1 if r0 == 0 else y1 - r0 * yres
+            bottom = y0 if r1 == p.height else y1 - r1 * yres
+            raw = self._read_raw(leaves, x0, bottom, x1, top)
+            image = raw["image"].numpy()
+            if image.shape != (channels, r1 - r0, p.width):
+                raise OSError(f"torchgeo read {tuple(image.shape)} for rows {r0}:{r1}")
+            stored = image.astype(writer.image_dtype)
+            if stored.dtype != image.dtype and not np.array_equal(stored, image):
+                raise _Inexact("image")
+            mask = raw.get("mask")
+            codes = None
+            if writer.mask_dtype is not None and mask is not None:
+                m = mask.numpy()
+                codes = m.astype(writer.mask_dtype)
+                if codes.dtype != m.dtype and not np.array_equal(codes, m):
+                    raise _Inexact("mask")
+            writer.write_rows(r0, stored, codes)
+
+    def _cacheable_scenes(self) -> list[ScenePlan]:
+        """Each optical scene the cache can answer for, with its source files.
 
         A scene qualifies when it lies on the dataset's pixel grid, overlaps this split's
         index (row splits clip it), and every source file that overlaps it contains it
@@ -421,16 +675,18 @@ class OpticalSarScenes(IntersectionDataset):
                 continue
             if not (footprint.intersection(box).area > 0).any():
                 continue
-            ok = True
+            sources: list[str] = []
             for leaf in self._leaves:
-                geoms = leaf.index.geometry
-                overlapping = geoms[geoms.intersection(box).area > 0]
+                hit = leaf.index.geometry.intersection(box).area > 0
+                overlapping = leaf.index.geometry[hit]
                 grown = overlapping.buffer(slack, join_style="mitre")
                 if overlapping.empty or not grown.covers(box).all():
-                    ok = False
                     break
-            if ok:
-                plan.append((Path(path).stem, (x0, y0, x1, y1), round(h), round(w)))
+                sources += sorted(str(f) for f in leaf.index["filepath"][hit])
+            else:
+                plan.append(
+                    ScenePlan(Path(path).stem, (x0, y0, x1, y1), round(h), round(w), tuple(sources))
+                )
         return plan
 
     def _transform(self, sample: Sample) -> Sample:
@@ -482,3 +738,43 @@ class OpticalSarScenes(IntersectionDataset):
         from .plotting import plot_sample
 
         return plot_sample(sample, self.routing, self.classes, show_titles, suptitle)
+
+
+class _Inexact(Exception):
+    """A value read for the disk cache that its narrow dtype cannot hold exactly."""
+
+    def __init__(self, part: str) -> None:
+        super().__init__(part)
+        self.part = part  # "image" or "mask"
+
+
+def _narrow(
+    dtypes: Sequence[np.dtype], fallback: np.dtype, wide: np.dtype | None = None
+) -> np.dtype:
+    """One dtype, at most 2 bytes wide, that holds every value of ``dtypes`` exactly
+    (torch converts these to float32 and long without loss), else ``wide`` for integers
+    up to 32 bits (label codes: torch has no uint16 arithmetic), else ``fallback``."""
+    if not dtypes or not all(np.issubdtype(d, np.integer) for d in dtypes):
+        return fallback
+    common = np.result_type(*dtypes)
+    if common in (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.int16)):
+        return common
+    if wide is not None and common in (np.dtype(np.uint16), np.dtype(np.int32)):
+        return wide
+    return fallback
+
+
+def _uncached_copies(leaves: Sequence[GeoDataset]) -> list[GeoDataset]:
+    """The leaves with their own file handles: torchgeo's handle cache is shared by every
+    thread of a process, and one GDAL dataset must not be read by two threads at once."""
+    out = []
+    for leaf in leaves:
+        twin = copy.copy(leaf)
+        twin.cache = False  # type: ignore[attr-defined]
+        out.append(twin)
+    return out
+
+
+def _note(message: str) -> None:
+    """A one-line progress or fallback message on stderr (the cache's size and time)."""
+    print(f"gopt-geo: {message}", file=sys.stderr, flush=True)

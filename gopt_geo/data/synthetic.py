@@ -33,6 +33,15 @@ over-represent them). Roads (code 60, ~25 m wide) run along a random
 subset of parcel borders, densest between urban parcels. Lakes (code 40, ~7% of the
 area) are a thresholded smooth field that overrides everything else.
 
+*Thin features* (:mod:`gopt_geo.data.synthetic_features`): what real 10 m imagery shows
+and a model predicting at 1/4 resolution misses. Meandering rivers 1-3 px wide (~1.5% of
+the pixels), straight canals 1-2 px wide on a rotated grid through farmland, fields of
+small fish ponds (rectangles of 2-5 px a side) -- all water (40) -- and rural tracks 1-2
+px wide with branches -- road (60) -- are drawn over the parcels and wide roads, under
+the lakes; together about a third of the water and of the road pixels. Each kind has its
+own signature (below). ``thin_features=False`` leaves them out and changes nothing else
+(they have their own random stream), which is how the tests find them.
+
 *Optical.* Each class has a mean spectrum (``CLASS_SPECTRA``): vegetation (farmland,
 forest) is dark in the visible and bright in NIR (red edge), water is dark in NIR,
 built-up surfaces are grey and flat. Parcels differ by a multiplicative factor (crop
@@ -46,7 +55,10 @@ values): calm water is the darkest (specular reflection away from the sensor), r
 and bare soil are dark, vegetation gives volume scattering (forest has the highest
 VH/VV ratio of the natural classes), and built-up areas are bright through double bounce
 between walls and ground -- dense **city ~8 dB brighter than village**, which is what
-separates the two. Parcels differ by ~1 dB. Speckle is multiplicative: linear power
+separates the two. Thin features have their own signatures: rivers, canals and ponds
+are dark in NIR and in SAR and low in the visible, tracks bright grey in the optical and
+bright in SAR (their embankments, tree rows and fences return a double bounce, where a
+wide asphalt road is dark). Parcels differ by ~1 dB. Speckle is multiplicative: linear power
 times a unit-mean Gamma variate with ``SAR_LOOKS`` looks. The SAR is rendered on the
 optical grid (extended by a margin), then reprojected with
 :func:`rasterio.warp.reproject` (``average`` resampling, in linear power, i.e.
@@ -84,6 +96,15 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
+from gopt_geo.data.synthetic_features import (
+    THIN_ALLOWED_ON,
+    THIN_BACKSCATTER,
+    THIN_CODES,
+    THIN_KINDS,
+    THIN_SPECTRA,
+    THIN_TEXTURE,
+    ThinFeatures,
+)
 from gopt_geo.errors import InputError
 from gopt_geo.io import streaming_gdal_env
 
@@ -152,6 +173,27 @@ _CODE_INDEX[_CODES] = np.arange(len(_CODES))
 _SPECTRA = np.array([CLASS_SPECTRA[int(c)] for c in _CODES], dtype=np.float32)  # (K, 4)
 _BACKSCATTER = np.array([CLASS_BACKSCATTER[int(c)] for c in _CODES], dtype=np.float32)
 _TEXTURE_SIGMA = np.array([_TEXTURE[int(c)] for c in _CODES], dtype=np.float32)
+
+# Materials: what a pixel looks like. The classes' first (index = position of the code in
+# _CODES), then one per thin-feature kind (index = len(_CODES) + kind - 1).
+_KINDS = sorted(THIN_KINDS)
+_MATERIAL_SPECTRA = np.vstack(
+    [_SPECTRA, np.array([THIN_SPECTRA[k] for k in _KINDS], dtype=np.float32)]
+)
+_MATERIAL_BACKSCATTER = np.vstack(
+    [_BACKSCATTER, np.array([THIN_BACKSCATTER[k] for k in _KINDS], dtype=np.float32)]
+)
+_MATERIAL_TEXTURE = np.concatenate(
+    [_TEXTURE_SIGMA, np.array([THIN_TEXTURE[k] for k in _KINDS], dtype=np.float32)]
+)
+#: Kind -> its material, its label code, and the land codes it may be drawn over.
+_KIND_MATERIAL = np.zeros(max(_KINDS) + 1, dtype=np.uint8)
+_KIND_CODE = np.zeros(max(_KINDS) + 1, dtype=np.uint8)
+_KIND_ALLOWED = np.zeros((max(_KINDS) + 1, 256), dtype=bool)
+for _kind in _KINDS:
+    _KIND_MATERIAL[_kind] = len(_CODES) + _kind - 1
+    _KIND_CODE[_kind] = THIN_CODES[_kind]
+    _KIND_ALLOWED[_kind, list(THIN_ALLOWED_ON[_kind])] = True
 
 
 @dataclass(frozen=True)
@@ -265,11 +307,17 @@ def _hash_uniform(a: np.ndarray, b: np.ndarray, salt: int) -> np.ndarray:
 
 @dataclass
 class _Block:
-    """One row block of the extended grid: codes, parcel ids and the road/water masks."""
+    """One row block of the extended grid: codes, parcel ids, road/water masks, materials."""
 
     codes: np.ndarray  # uint8 (n, W')
     parcel: np.ndarray  # int32 (n, W'), seed index of the parcel
     plain: np.ndarray  # bool (n, W'), road or water: no per-parcel variation
+    material: np.ndarray  # uint8 (n, W'), row of the _MATERIAL_* tables
+
+    def columns(self, cols: slice) -> _Block:
+        return _Block(
+            self.codes[:, cols], self.parcel[:, cols], self.plain[:, cols], self.material[:, cols]
+        )
 
 
 class _Landscape:
@@ -280,9 +328,16 @@ class _Landscape:
     """
 
     def __init__(
-        self, rng: np.random.Generator, height: int, width: int, pad: int, pixel_size: float
+        self,
+        rng: np.random.Generator,
+        height: int,
+        width: int,
+        pad: int,
+        pixel_size: float,
+        thin: ThinFeatures | None = None,
     ):
         self.height, self.width, self.pad = height, width, pad
+        self.thin = thin
         px = 1.0 / pixel_size
         cell = max(PARCEL_SIZE_M * px, 6.0)
         self.cell = cell
@@ -424,9 +479,22 @@ class _Landscape:
         road[rows[on], cols[on]] = True
         codes[road] = 60
 
+        # Thin features over the parcels and wide roads they may cross, under the lakes.
+        kind = self.thin.render(ys, xs) if self.thin is not None else None
+        if kind is not None:
+            kind[~_KIND_ALLOWED[kind, codes]] = 0
+            thin = kind > 0
+            codes[thin] = _KIND_CODE[kind[thin]]
+
         water = self.lake.grid(ys, xs) > np.float32(self.lake_threshold)
         codes[water] = 40
-        return _Block(codes=codes, parcel=id1, plain=road | water)
+        material = _CODE_INDEX[codes]
+        plain = road | water
+        if kind is not None:
+            thin &= ~water
+            material[thin] = _KIND_MATERIAL[kind[thin]]
+            plain |= thin
+        return _Block(codes=codes, parcel=id1, plain=plain, material=material)
 
 
 def _sample_axes(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -491,18 +559,20 @@ def _render_optical(
     clouds: _Clouds,
 ) -> tuple[np.ndarray, np.ndarray]:
     """uint16 reflectance (4, n, w) and the uint8 cloud mask for a block of the optical grid."""
-    cls = _CODE_INDEX[block.codes]
+    cls = block.material
     parcel_factor = np.where(block.plain, np.float32(1.0), land.opt_factor[block.parcel])
     illumination = np.float32(0.97) + np.float32(0.06) * land.illumination.grid(ys, xs)
     common = parcel_factor * illumination
-    sigma = _TEXTURE_SIGMA[cls]
+    sigma = _MATERIAL_TEXTURE[cls]
     mask, alpha, thickness = clouds.render(ys, xs)
     cloud_brightness = np.float32(0.88) + np.float32(0.2) * thickness
     out = np.empty((4, *cls.shape), dtype=np.uint16)
     for band in range(4):
         band_factor = np.where(block.plain, np.float32(1.0), land.band_factor[block.parcel, band])
         noise = rng.standard_normal(cls.shape, dtype=np.float32)
-        ground = _SPECTRA[cls, band] * common * band_factor * (np.float32(1.0) + sigma * noise)
+        ground = (
+            _MATERIAL_SPECTRA[cls, band] * common * band_factor * (np.float32(1.0) + sigma * noise)
+        )
         cloud = np.float32(_CLOUD_SPECTRUM[band]) * cloud_brightness
         cloud *= np.float32(1.0) + np.float32(0.01) * rng.standard_normal(
             cls.shape, dtype=np.float32
@@ -515,11 +585,11 @@ def _render_optical(
 
 def _render_sar_linear(rng: np.random.Generator, land: _Landscape, block: _Block) -> np.ndarray:
     """Speckled backscatter in linear power (2, n, w), float32."""
-    cls = _CODE_INDEX[block.codes]
+    cls = block.material
     out = np.empty((2, *cls.shape), dtype=np.float32)
     for band in range(2):
         offset = np.where(block.plain, np.float32(0.0), land.sar_offset[block.parcel, band])
-        db = _BACKSCATTER[cls, band] + offset
+        db = _MATERIAL_BACKSCATTER[cls, band] + offset
         speckle = rng.standard_gamma(SAR_LOOKS, size=cls.shape, dtype=np.float32)
         out[band] = (
             np.power(np.float32(10.0), db / np.float32(10.0)) * speckle / np.float32(SAR_LOOKS)
@@ -661,6 +731,7 @@ def make_scene(
     nodata_collar: int = 0,
     sar_coverage: float = 1.0,
     origin: tuple[float, float] | None = None,
+    thin_features: bool = True,
 ) -> SceneFiles:
     """Write one synthetic scene (optical, SAR, labels, clouds) under ``out_dir``.
 
@@ -671,7 +742,8 @@ def make_scene(
     every optical edge are nodata (optical 0, label 0, no cloud). ``sar_coverage`` is the
     fraction of the optical width and of its height that the SAR footprint covers,
     anchored at the north-west corner; below 1 the east and south strips of the optical
-    grid lie outside the SAR.
+    grid lie outside the SAR. ``thin_features=False`` leaves out the rivers, canals, ponds
+    and tracks and nothing else: every other pixel is the same.
     """
     height, width = _check_args(name, size, pixel_size, cloud_cover, nodata_collar, sar_coverage)
     out_dir = Path(out_dir)
@@ -684,11 +756,9 @@ def make_scene(
     optical_transform = from_origin(x0, y0, pixel_size, pixel_size)
     sar = _sar_grid(optical_transform, height, width, pixel_size, sar_coverage)
 
-    layout_seq, cloud_seq, optical_seq, sar_seq = np.random.SeedSequence(seed).spawn(4)
-    land = _Landscape(np.random.default_rng(layout_seq), height, width, sar.pad, pixel_size)
-    clouds = _Clouds(np.random.default_rng(cloud_seq), land, pixel_size, cloud_cover, nodata_collar)
-    optical_rng = np.random.default_rng(optical_seq)
-    sar_rng = np.random.default_rng(sar_seq)
+    land, clouds, optical_rng, sar_rng = _scene_model(
+        seed, height, width, sar.pad, pixel_size, cloud_cover, nodata_collar, thin_features
+    )
 
     with (
         streaming_gdal_env(),
@@ -715,6 +785,72 @@ def make_scene(
             final.parent.mkdir(exist_ok=True)
             Path(getattr(staged, field)).replace(final)
     return files
+
+
+def _scene_model(
+    seed: int,
+    height: int,
+    width: int,
+    pad: int,
+    pixel_size: float,
+    cloud_cover: float | None,
+    collar: int,
+    thin_features: bool,
+) -> tuple[_Landscape, _Clouds, np.random.Generator, np.random.Generator]:
+    """Landscape, clouds and the optical and SAR noise streams of one scene.
+
+    One random stream each (layout, clouds, optical noise, speckle, thin features), so
+    that changing one part (the cloud cover, the thin features) leaves the rest as it is.
+    """
+    layout_seq, cloud_seq, optical_seq, sar_seq, thin_seq = np.random.SeedSequence(seed).spawn(5)
+    thin = (
+        ThinFeatures(np.random.default_rng(thin_seq), height, width, pad, pixel_size)
+        if thin_features
+        else None
+    )
+    land = _Landscape(np.random.default_rng(layout_seq), height, width, pad, pixel_size, thin)
+    clouds = _Clouds(np.random.default_rng(cloud_seq), land, pixel_size, cloud_cover, collar)
+    return land, clouds, np.random.default_rng(optical_seq), np.random.default_rng(sar_seq)
+
+
+@dataclass(frozen=True)
+class RenderedBlock:
+    """Rows ``rows`` of a scene rendered on its optical grid (see :func:`render_scene`)."""
+
+    rows: slice
+    reflectance: np.ndarray  # uint16 (4, n, w): B, G, R, NIR surface reflectance x 10000
+    clouds: np.ndarray  # uint8 (n, w): 1 cloud, 0 clear
+    codes: np.ndarray  # uint8 (n, w): WHU-OPT-SAR label codes
+    sar_power: np.ndarray  # float32 (2, n, w): VV, VH speckled linear backscatter
+
+
+def render_scene(
+    size: int | tuple[int, int],
+    seed: int = 0,
+    *,
+    pixel_size: float = 10.0,
+    cloud_cover: float | None = None,
+    thin_features: bool = True,
+) -> Iterator[RenderedBlock]:
+    """A synthetic scene's layers on its optical grid, row block by row block.
+
+    The model of :func:`make_scene` (land cover, signatures, clouds, thin features), with
+    the SAR on the optical grid, in linear power, before any multilooking or
+    reprojection, and no SAR margin (so not the very scene make_scene draws for the same
+    seed): for writers of other layouts (:mod:`gopt_geo.data.replica`). Blocks of about
+    a megapixel, so memory stays bounded whatever the size; same seed, same blocks.
+    """
+    height, width = _check_args("render", size, pixel_size, cloud_cover, 0, 1.0)
+    land, clouds, optical_rng, sar_rng = _scene_model(
+        seed, height, width, 0, pixel_size, cloud_cover, 0, thin_features
+    )
+    xs = np.arange(width) + 0.5
+    for r0, r1 in _row_blocks(0, height, width):
+        ys = np.arange(r0, r1) + 0.5
+        block = land.render(ys, xs)
+        sar_power = _render_sar_linear(sar_rng, land, block)
+        reflectance, mask = _render_optical(optical_rng, land, block, ys, xs, clouds)
+        yield RenderedBlock(slice(r0, r1), reflectance, mask, block.codes, sar_power)
 
 
 def _write_optical_grid(
@@ -768,7 +904,7 @@ def _write_optical_grid(
             )
             if r1 <= 0 or r0 >= h:
                 continue
-            block = _Block(block.codes[:, inner], block.parcel[:, inner], block.plain[:, inner])
+            block = block.columns(inner)
             optical, mask = _render_optical(optical_rng, land, block, ys, xs[inner], clouds)
             rows = np.arange(r0, r1)
             valid = ((rows >= collar) & (rows < h - collar))[:, None] & valid_cols[None, :]

@@ -103,6 +103,7 @@ class WHUOptSar(OpticalSarScenes):
             WHUOptSarNotFoundError: if the folders or any split scene are missing
         """
         self.val_scenes = val_scenes
+        self._scene_override = scenes
         super().__init__(
             root,
             split=split,
@@ -124,7 +125,8 @@ class WHUOptSar(OpticalSarScenes):
         }
 
     def _verify(self) -> None:
-        """Every folder and every scene of the official split must be there."""
+        """Every folder and every scene of the split must be there (the official split,
+        or the ``scenes`` given: a subset of the release, or a replica, need only those)."""
         layout = (
             f"expected {self.root}/{{{self.optical_dir},{self.sar_dir},{self.label_dir}}}/"
             f"<scene>.tif for the 100 scenes of the official split; get the data from "
@@ -140,7 +142,7 @@ class WHUOptSar(OpticalSarScenes):
                 f"WHU-OPT-SAR not found: {self.root} lacks {', '.join(d + '/' for d in dirs)}; "
                 + layout
             )
-        split = official_split()
+        split = self._scene_override or official_split()
         wanted = [n for names in split.values() for n in names]
         missing = [
             f"{d}/{n}.tif"

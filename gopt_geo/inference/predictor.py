@@ -10,7 +10,8 @@ each window is read with a margin of context that the tiling cuts off again),
 :class:`~gopt_geo.outputs.output_set.OutputSet` writes those rows as COGs,
 :func:`~gopt_geo.outputs.vectorize.write_polygons` polygonises the class map,
 :mod:`~gopt_geo.outputs.quicklook` draws it beside the optical image,
-:mod:`~gopt_geo.inference.report` and :mod:`~gopt_geo.outputs.stac` describe the run;
+:func:`~gopt_geo.inference.describe.describe_prediction` writes the statistics, the
+report and the STAC item of the finished run;
 every file stays under a temporary name until the output set commits them all at once
 (:mod:`~gopt_geo.outputs.staging`). What to do comes in one
 :class:`~gopt_geo.inference.options.PredictOptions`.
@@ -29,6 +30,7 @@ import functools
 import hashlib
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
@@ -51,17 +53,18 @@ from ..io import (
     resolve_device,
     streaming_gdal_env,
 )
+from ..locks import folder_lock
 from ..outputs.output_set import OutputSet
 from ..outputs.quicklook import optical_panel, panel_shape, write_quicklook
-from ..outputs.stac import build_item, item_json
 from ..outputs.staging import pause_point, terminate_as_exit
 from ..outputs.vectorize import SHORT_HASH, VectorResult, driver_for, write_polygons
 from .context import scene_context
+from .describe import describe_prediction
 from .options import PredictOptions
 from .reader import SceneReader
-from .report import PredictionStats, build_report, render_markdown, report_json
+from .report import PredictionStats
 from .sanity import check_inputs
-from .tiling import WindowPlan, stream_rows
+from .tiling import ModelForward, WindowPlan, stream_rows
 
 #: Model variants whose model ignores the auxiliary input (design §3): they predict
 #: without SAR; the SAR bands are fed as their training means (0 after normalising).
@@ -90,7 +93,15 @@ class Predictor:
     ``model(rgb, aux)`` must return logits ``[B, K, H, W]`` (or an object with ``.logits``)
     for any H, W; ``routing`` turns raster bands into those inputs, ``classes`` turns
     class indices into the dataset's codes, names and colours.
+
+    ``on_forward``, when set, is called after each batch of windows has been through the
+    model, with the number of windows and the seconds the call took (benchmarks time the
+    model this way; on a GPU the call returns before the device has finished, so time
+    there with the device synchronised). It changes nothing in the outputs.
     """
+
+    #: ``on_forward(windows, seconds)`` after each model call (see the class docstring).
+    on_forward: Callable[[int, float], object] | None = None
 
     def __init__(
         self,
@@ -144,8 +155,13 @@ class Predictor:
         ``options.weights`` are not used: this predictor's model is already loaded."""
         options = options if options is not None else PredictOptions()
         scene = scene if is_remote(scene) else Path(scene)  # a Path folds a URL's "//"
-        # memory flat in scene size: GDAL's cache too; SIGTERM cleans up like Ctrl-C
-        with streaming_gdal_env(), terminate_as_exit():
+        # memory flat in scene size: GDAL's cache too; SIGTERM cleans up like Ctrl-C; one
+        # writer per folder (a second run would remove this one's temporary files)
+        with (
+            streaming_gdal_env(),
+            terminate_as_exit(),
+            folder_lock(out_dir, wait=options.wait),
+        ):
             return self._predict(scene, sar, Path(out_dir), options)
 
     @property
@@ -250,63 +266,30 @@ class Predictor:
                 title=f"{scene_id}: land cover ({self.variant or 'model'})",
                 optical=panel.result(),
             )
-            seconds = time.perf_counter() - start
-            class_pixels = outputs.class_pixels
-            stats = PredictionStats(
-                windows=len(plan),
-                seconds=seconds,
-                mpix_per_s=grid.pixels / 1e6 / max(seconds_map, 1e-9),
-                device=str(self.device),
-                pixels=grid.pixels,
-                nodata_pixels=grid.pixels - int(sum(class_pixels.values())),
-                class_pixels=class_pixels,
-                class_area_m2=outputs.class_area_m2,
-                vector_features=vector_result.features if vector_result else None,
-                class_uncertain_pixels=outputs.class_uncertain_pixels,
-                uncertainty_threshold=options.uncertainty_threshold
-                if options.uncertainty
-                else None,
-            )
-            report = build_report(
+            description = describe_prediction(  # the report and the STAC item, written
+                outputs,
+                scene=scene,
+                sar=sar,
+                scene_id=scene_id,
+                grid=grid,
+                plan=plan,
+                options=options,
                 inputs=inputs,
                 model_info=self.model_info,
                 routing=self.routing,
                 classes=self.classes,
-                plan=plan,
-                batch_size=options.batch_size,
-                stats=stats,
-                seconds_map=seconds_map,
+                device=str(self.device),
                 vector=vector_result,
-                class_map_nodata=outputs.nodata,
-                outputs=outputs.paths,
+                seconds=time.perf_counter() - start,
+                seconds_map=seconds_map,
             )
-            report["options"] = options.output_settings()  # what predict-many's resume compares
-            outputs.write_text("report_json", report_json(report))
-            outputs.write_text("report_markdown", render_markdown(report))
-            files = {
-                name: (final, outputs.temp(name))
-                for name, final in outputs.paths.items()
-                if name != "item"
-            }
-            item = build_item(
-                scene_id=scene_id,
-                grid=grid,
-                files=files,
-                classes=self.classes,
-                class_map_nodata=outputs.nodata,
-                inputs=inputs,
-                model_info=self.model_info,
-                options=options.output_settings(),
-                input_hrefs={"optical scene": scene, "SAR raster": sar},
-            )
-            outputs.write_text("item", item_json(item))
             outputs.commit()
         paths = outputs.paths
         return PredictionResult(
             class_map=paths["class_map"],
             report_json=paths["report_json"],
             report_markdown=paths["report_markdown"],
-            stats=stats,
+            stats=description.stats,
             confidence=paths.get("confidence"),
             probabilities=paths.get("probabilities"),
             vector=paths.get("vector"),
@@ -329,6 +312,8 @@ class Predictor:
         # each window with its margin of context; the tiling keeps the window (its core)
         batches = reader.batches(plan.read_windows(), options.batch_size)
         forward = functools.partial(self._infer, pad_sar=pad_sar, context=context)
+        if self.on_forward is not None:
+            forward = _timed(forward, self.on_forward)
         rows = stream_rows(
             plan,
             batches,
@@ -377,6 +362,18 @@ class Predictor:
                 f"{self.classes.num_classes}"
             )
         return logits.float()
+
+
+def _timed(forward: ModelForward, report: Callable[[int, float], object]) -> ModelForward:
+    """``forward`` that tells ``report`` how many windows it took and how long it ran."""
+
+    def timed(images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        logits = forward(images, valid)
+        report(int(images.shape[0]), time.perf_counter() - start)
+        return logits
+
+    return timed
 
 
 def predict_scene(

@@ -26,7 +26,7 @@ input as given (a VRT document by its label). Values reach the model the same wa
 all of them: a file's stored values go through the adapter's
 :meth:`~gopt_geo.data.bands.BandRouting.to_physical` (its training-time optical
 scale/offset); a STAC asset whose ``raster:bands`` declares a scale/offset is first put
-into that stored convention by the VRT itself (sources.py explains the arithmetic), so the
+into that stored convention by the VRT itself (stac_scenes.py explains the arithmetic), so the
 adapter's scale is applied exactly once.
 """
 

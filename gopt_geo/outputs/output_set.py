@@ -1,118 +1,57 @@
-"""The files one prediction writes, from blended logits to a committed, self-describing set.
+"""The files one prediction writes, from blended rows to a committed, self-describing set.
 
-An :class:`OutputSet` names every output after the scene, finishes what a killed run left
-behind and refuses to replace existing outputs before any work is done, turns rows of
-blended logits into the class map (dataset codes), the confidence, the probabilities and
-the uncertainty, counts the mapped classes, and finishes the rasters with their metadata,
-sidecars and QGIS styles. Every file of the run - rasters, sidecars, styles, vectors,
-quicklook, STAC item, report - is completed under its temporary name and the whole set is
-committed in one short step at the end (:mod:`~gopt_geo.outputs.staging`, design §10), or
-every temporary file is removed when the run fails. The predictor only hands it rows and
-files; the tiling never sees a file.
+An :class:`OutputSet` is the life of one set of outputs: it takes the names
+(:mod:`.naming`), finishes what a killed run left behind and refuses to replace
+existing outputs before any work is done, opens one strip writer per raster, writes
+each block of rows as :mod:`.products` encodes it while :mod:`.class_counts` counts
+it, and finishes the rasters with their metadata, sidecars and QGIS styles. Every file
+of the run - rasters, sidecars, styles, vectors, quicklook, STAC item, report - is
+completed under its temporary name and the whole set is committed in one short step at
+the end (:mod:`~gopt_geo.outputs.staging`, design §10), or every temporary file is
+removed when the run fails. The predictor only hands it rows and files; the tiling never
+sees a file.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
 
-import numpy as np
 import torch
 
 from ..data.classes import ClassScheme
 from ..io import ensure_output_dir
 from . import styles
-from .grid import Grid, pixel_areas_m2
-from .staging import StagedSet
-from .vectorize import VECTOR_FORMATS
-from .writers import (
-    StripRasterWriter,
-    class_map_metadata,
-    class_map_nodata,
-    class_rat_xml,
+from .class_counts import ClassCounts
+from .grid import Grid
+from .naming import COMMIT_LAST, FAMILY, Products, output_family, output_paths
+from .products import (
+    CONFIDENCE_SCALE,
+    PROBABILITY_PRODUCTS,
+    PROBABILITY_SCALE,
+    UNCERTAINTY_NODATA,
+    UNCERTAINTY_SCALE,
+    RowEncoder,
+    normalised_entropy,
+    raster_metadata,
+    raster_settings,
 )
+from .staging import StagedSet
+from .writers import StripRasterWriter, class_map_nodata, class_rat_xml
 
-
-class Products(Protocol):
-    """What a set holds beyond the class map, and whether it may replace an old set.
-
-    :class:`~gopt_geo.inference.options.PredictOptions` is one; the output layer only
-    reads these fields, so it needs nothing from the prediction layer above it.
-    """
-
-    confidence: bool
-    probabilities: bool
-    uncertainty: bool
-    uncertainty_threshold: float
-    vector: str | None
-    overwrite: bool
-
-
-#: Confidence: max class probability x 255, 0 for no prediction.
-CONFIDENCE_SCALE = 255
-#: Probabilities: p x 254, 255 for no prediction.
-PROBABILITY_SCALE = 254
-#: Uncertainty: normalised entropy (0: one class certain, 1: uniform) x 254, 255 for none.
-UNCERTAINTY_SCALE = 254
-UNCERTAINTY_NODATA = 255
-
-#: Every file a run may write, as ``name: suffix after the scene stem``.
-FAMILY = {
-    "class_map": "_classes.tif",
-    "class_map_rat": "_classes.tif.aux.xml",
-    "class_map_style": "_classes.qml",
-    "confidence": "_confidence.tif",
-    "confidence_aux": "_confidence.tif.aux.xml",
-    "confidence_style": "_confidence.qml",
-    "probabilities": "_probabilities.tif",
-    "probabilities_aux": "_probabilities.tif.aux.xml",
-    "uncertainty": "_uncertainty.tif",
-    "uncertainty_aux": "_uncertainty.tif.aux.xml",
-    "uncertainty_style": "_uncertainty.qml",
-    **{f"vector_{fmt}": f"_landcover{suffix}" for fmt, suffix in VECTOR_FORMATS.items()},
-    "vector_style": "_landcover.qml",
-    "quicklook": "_quicklook.png",
-    "item": "_item.json",
-    "report_markdown": "_report.md",
-    "report_json": "_report.json",
-}
-#: The last files renamed into place when a set is committed, and (reversed) the first of
-#: an old set removed when a run replaces it: the report JSON is the mark of a complete set.
-COMMIT_LAST = ("item", "report_markdown", "report_json")
-
-
-def output_family(scene: str | Path, out_dir: Path) -> list[Path]:
-    """Every file name a run of ``scene`` may own in ``out_dir``, whatever its options
-    (removed together when a run replaces the set; refused without ``overwrite``)."""
-    stem = Path(scene).stem
-    return [Path(out_dir) / f"{stem}{suffix}" for suffix in FAMILY.values()]
-
-
-def output_paths(scene: str | Path, out_dir: Path, options: Products) -> dict[str, Path]:
-    """File names of this run's outputs, derived from the scene's name."""
-    stem = Path(scene).stem
-    out_dir = Path(out_dir)
-
-    def name(key: str) -> Path:
-        return out_dir / f"{stem}{FAMILY[key]}"
-
-    keys = ["class_map", "class_map_rat", "class_map_style"]
-    if options.confidence:
-        keys += ["confidence", "confidence_style"]
-    if options.probabilities:
-        keys += ["probabilities"]
-    if options.uncertainty:
-        keys += ["uncertainty", "uncertainty_style"]
-    paths = {key: name(key) for key in keys}
-    if options.vector is not None:
-        paths["vector"] = name(f"vector_{options.vector}")
-        if options.vector != "gpkg":  # a GeoPackage holds its style itself
-            paths["vector_style"] = name("vector_style")
-    for key in ("quicklook", "item", "report_markdown", "report_json"):
-        paths[key] = name(key)
-    return paths
+__all__ = [  # the names and encodings stay importable from here
+    "COMMIT_LAST",
+    "CONFIDENCE_SCALE",
+    "FAMILY",
+    "PROBABILITY_SCALE",
+    "UNCERTAINTY_NODATA",
+    "UNCERTAINTY_SCALE",
+    "OutputSet",
+    "Products",
+    "normalised_entropy",
+    "output_family",
+    "output_paths",
+]
 
 
 class OutputSet:
@@ -160,10 +99,8 @@ class OutputSet:
         self.leftovers_removed = self.staging.prepare(options.overwrite)
         self.grid: Grid | None = None
         self.writers: dict[str, StripRasterWriter] = {}
-        self._lut = torch.from_numpy(classes.index_to_code_lut())
-        self._counts = np.zeros(256, dtype=np.int64)
-        self._uncertain = np.zeros(256, dtype=np.int64)
-        self._areas: np.ndarray | None = None
+        self.counts = ClassCounts(classes, None, uncertainty=False)  # replaced by open()
+        self._encoder: RowEncoder | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -171,28 +108,8 @@ class OutputSet:
         """Create the output folder and the rasters (under temporary names) on ``grid``."""
         ensure_output_dir(self.out_dir)
         self.grid = grid
-        self._areas = np.zeros(256, dtype=np.float64) if grid.crs is not None else None
-        rasters: dict[str, dict[str, object]] = {
-            "class_map": {
-                "count": 1,
-                "nodata": self.nodata,
-                "overview_resampling": "MODE",
-                "colormap": self.classes.colormap(self.nodata),
-            },
-            "confidence": {"count": 1, "nodata": 0, "overview_resampling": "AVERAGE"},
-            "probabilities": {
-                "count": self.classes.num_classes,
-                "nodata": 255,
-                "overview_resampling": "AVERAGE",
-            },
-            "uncertainty": {
-                "count": 1,
-                "nodata": UNCERTAINTY_NODATA,
-                "overview_resampling": "AVERAGE",
-            },
-        }
         try:
-            for name, settings in rasters.items():
+            for name, settings in raster_settings(self.classes, self.nodata).items():
                 if name in self.paths:
                     self.writers[name] = StripRasterWriter(
                         self.paths[name],
@@ -203,6 +120,13 @@ class OutputSet:
         except BaseException:
             self.abort()
             raise
+        self.counts = ClassCounts(self.classes, grid, uncertainty="uncertainty" in self.writers)
+        self._encoder = RowEncoder(
+            self.classes,
+            self.nodata,
+            [name for name in PROBABILITY_PRODUCTS if name in self.writers],
+            self.options.uncertainty_threshold,
+        )
         return self
 
     def temp(self, name: str) -> Path:
@@ -219,7 +143,10 @@ class OutputSet:
         """Metadata and COG layout for every raster, the class map's raster attribute table
         and the QGIS styles, all under temporary names (nothing is renamed yet)."""
         for name, writer in self.writers.items():
-            writer.finish(target=self.temp(name), **self._metadata(name))  # type: ignore[arg-type]
+            metadata = raster_metadata(
+                name, self.classes, self.nodata, self.scene_id, self.adapter_sha256
+            )
+            writer.finish(target=self.temp(name), **metadata)  # type: ignore[arg-type]
         self.write_text("class_map_rat", class_rat_xml(self.classes))
         self.write_text("class_map_style", styles.class_map_qml(self.classes))
         if "confidence_style" in self.paths:
@@ -260,103 +187,31 @@ class OutputSet:
         if not self.committed:
             self.abort()
 
-    def _metadata(self, name: str) -> dict[str, object]:
-        if name == "class_map":
-            return class_map_metadata(self.classes, self.nodata, self.scene_id, self.adapter_sha256)
-        if name == "confidence":
-            return {
-                "descriptions": [f"confidence (max class probability x {CONFIDENCE_SCALE})"],
-                "scales": [1 / CONFIDENCE_SCALE],
-                "tags": {"NODATA_MEANING": "0: no prediction (input nodata)"},
-            }
-        if name == "uncertainty":
-            return {
-                "descriptions": [
-                    f"uncertainty (entropy / log(classes) x {UNCERTAINTY_SCALE}; 0: certain)"
-                ],
-                "scales": [1 / UNCERTAINTY_SCALE],
-                "tags": {"NODATA_MEANING": f"{UNCERTAINTY_NODATA}: no prediction"},
-            }
-        classes = self.classes.classes
-        return {
-            "descriptions": [f"p({c.name}) x {PROBABILITY_SCALE}" for c in classes],
-            "scales": [1 / PROBABILITY_SCALE] * len(classes),
-            "band_tags": {i + 1: {"CLASS_CODE": str(c.code)} for i, c in enumerate(classes)},
-        }
-
     # ------------------------------------------------------------------ rows
 
-    @torch.inference_mode()
     def write_rows(self, row0: int, logits: torch.Tensor, valid: torch.Tensor) -> None:
         """Rows ``row0 ..`` from blended logits [K, n, W] and validity [n, W]: class codes
         (nodata where invalid), confidence, probabilities, uncertainty; adds them to the
         class counts."""
-        if self._lut.device != logits.device:
-            self._lut = self._lut.to(logits.device)
-        # max(0).indices: the same as argmax(0), ~8x faster on CPU over [K, rows, W]
-        codes = self._lut[logits.max(0).indices]
-        codes = torch.where(valid, codes, self.nodata)
-        codes_np = codes.cpu().numpy()
-        self.writers["class_map"].write(codes_np[None])
-        uncertain: np.ndarray | None = None
-        if {"confidence", "probabilities", "uncertainty"} & self.writers.keys():
-            probs = torch.softmax(logits, dim=0)
-            if "confidence" in self.writers:
-                conf = (probs.amax(0) * CONFIDENCE_SCALE).round().clamp(1, CONFIDENCE_SCALE)
-                conf = torch.where(valid, conf.to(torch.uint8), 0)
-                self.writers["confidence"].write(conf.cpu().numpy()[None])
-            if "probabilities" in self.writers:
-                p8 = (probs * PROBABILITY_SCALE).round().to(torch.uint8)
-                p8 = torch.where(valid[None], p8, 255)
-                self.writers["probabilities"].write(p8.cpu().numpy())
-            if "uncertainty" in self.writers:
-                entropy = normalised_entropy(logits, probs)
-                u8 = (entropy * UNCERTAINTY_SCALE).round().clamp(0, UNCERTAINTY_SCALE)
-                u8 = torch.where(valid, u8.to(torch.uint8), UNCERTAINTY_NODATA)
-                self.writers["uncertainty"].write(u8.cpu().numpy()[None])
-                uncertain = (entropy > self.options.uncertainty_threshold).cpu().numpy()
-        self._count(row0, codes_np, valid.cpu().numpy(), uncertain)
-
-    def _count(
-        self, row0: int, codes: np.ndarray, valid: np.ndarray, uncertain: np.ndarray | None
-    ) -> None:
-        self._counts += np.bincount(codes[valid], minlength=256)
-        if uncertain is not None:
-            self._uncertain += np.bincount(codes[valid & uncertain], minlength=256)
-        if self._areas is not None:
-            assert self.grid is not None
-            row_area = pixel_areas_m2(self.grid.crs, self.grid.transform, row0, codes.shape[0])
-            assert row_area is not None
-            per_pixel = np.broadcast_to(row_area[:, None], codes.shape)
-            self._areas += np.bincount(codes[valid], weights=per_pixel[valid], minlength=256)
+        if self._encoder is None:
+            raise RuntimeError("open() the output set before writing rows")
+        rows = self._encoder.encode(logits, valid)
+        for name, data in rows.bands.items():
+            self.writers[name].write(data)
+        self.counts.add(row0, rows.codes, valid.cpu().numpy(), rows.uncertain)
 
     @property
     def class_pixels(self) -> dict[int, int]:
         """Mapped pixels per class code (classes that occur)."""
-        return {c: int(self._counts[c]) for c in self.classes.codes if self._counts[c]}
+        return self.counts.class_pixels
 
     @property
     def class_uncertain_pixels(self) -> dict[int, int] | None:
         """Pixels per class code whose uncertainty is above the threshold (classes that
         occur); None without the uncertainty output."""
-        if "uncertainty" not in self.writers:
-            return None
-        return {c: int(self._uncertain[c]) for c in self.classes.codes if self._counts[c]}
+        return self.counts.class_uncertain_pixels
 
     @property
     def class_area_m2(self) -> dict[int, float] | None:
         """Ground area per class code in m² (classes that occur); None without a CRS."""
-        if self._areas is None:
-            return None
-        return {c: float(self._areas[c]) for c in self.classes.codes if self._counts[c]}
-
-
-def normalised_entropy(logits: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
-    """Entropy of the class distribution over dim 0, divided by log(K): 0 when one class
-    has probability 1, 1 for the uniform distribution (whatever the number of classes)."""
-    k = logits.shape[0]
-    if k < 2:
-        return torch.zeros(logits.shape[1:], dtype=logits.dtype, device=logits.device)
-    probs = torch.softmax(logits, dim=0) if probs is None else probs
-    entropy = -(probs * torch.log_softmax(logits, dim=0)).sum(0)
-    return (entropy / math.log(k)).clamp(0.0, 1.0)
+        return self.counts.class_area_m2
