@@ -24,7 +24,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-VARIANTS = ("gopt", "optical_only", "static_prompt", "early_fusion")
+#: Rows of the table: label -> (variant, ModelConfig overrides). GoPT with and without
+#: the full-resolution detail path (issue 23); ``pixel`` builds no backbone (the same
+#: row for every backbone: the yardstick's size).
+ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "gopt": ("gopt", {}),
+    "gopt + detail path": ("gopt", {"detail_path": True}),
+    "optical_only": ("optical_only", {}),
+    "static_prompt": ("static_prompt", {}),
+    "early_fusion": ("early_fusion", {}),
+    "pixel": ("pixel", {}),
+}
 
 
 def _measure(args: dict[str, Any]) -> dict[str, Any]:
@@ -35,11 +45,11 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in VARIANTS:
-            model = C.model(variant, args["backbone"])
+        for label, (variant, overrides) in ROWS.items():
+            model = C.model(variant, args["backbone"], **overrides)
             rep = model.parameter_report()
             row: dict[str, Any] = rep.to_dict()
-            if variant == "gopt":
+            if label == "gopt":
                 adapter = Path(tmp) / "adapter.safetensors"
                 save_adapter(
                     adapter,
@@ -53,7 +63,7 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
                 row["full_bytes"] = full.stat().st_size
                 row["prompted_points"] = len(model.prompters)
                 row["injection_points"] = len(model.backbone.injection_points)
-            out[variant] = row
+            out[label] = row
             del model
     return out
 
@@ -74,7 +84,7 @@ def main() -> None:
         print(f"{C.BACKBONE_LABEL[backbone]} ...", flush=True)
         res = C.run_child("parameters.py", {"backbone": backbone})
         raw[backbone] = res
-        for variant in VARIANTS:
+        for variant in ROWS:
             r = res[variant]
             rows.append(
                 [

@@ -45,6 +45,8 @@ from gopt_geo.models.prompters import CUP, class_aware_loss, labels_to_grid
 pytestmark = pytest.mark.filterwarnings("ignore::gopt_geo.models.RandomBackboneWarning")
 
 SMALL_BACKBONES = ["test_vit", "test_efficientnet"]
+#: The variants with a backbone and a decoder (``pixel``, the per-pixel baseline, has
+#: neither: tests/test_pixel_model.py).
 VARIANTS = ["gopt", "optical_only", "optical_all_bands", "early_fusion", "static_prompt"]
 ODD_SIZE = (37, 45)
 
@@ -494,14 +496,30 @@ def test_acp_query_carries_sar_to_uniform_rgb_only_with_aux(query):
 
 
 def test_registry_has_one_class_per_variant():
-    assert set(MODEL_REGISTRY) == set(gopt_geo.models.VARIANTS) == set(VARIANTS)
-    for variant in VARIANTS:
+    every = {*VARIANTS, "pixel"}
+    assert set(MODEL_REGISTRY) == set(gopt_geo.models.VARIANTS) == every
+    for variant in gopt_geo.models.VARIANTS:
         model = build_model(config("test_efficientnet", variant=variant))
         assert type(model) is model_class(variant)
         assert isinstance(model, SegmentationModel)
+        # the table's facts about each variant are the model's
+        info = gopt_geo.models.VARIANT_TABLE[gopt_geo.models.VARIANTS.index(variant)]
+        assert (model.backbone is not None) == info.backbone
+        assert getattr(gopt_geo.models, info.class_name) is type(model)
     assert model_class("gopt") is GoPTSegmenter
     with pytest.raises(ValueError, match="unknown model variant 'unet'; registered: gopt, "):
         model_class("unet")
+
+
+def test_package_names_derive_from_the_tables():
+    """Every public name is listed once: the lazy names and __all__ come from the tables."""
+    from gopt_geo.models import _LAZY, _SHARED, VARIANT_TABLE
+
+    assert set(_LAZY) == set(_SHARED) | {v.class_name for v in VARIANT_TABLE}
+    assert set(_LAZY) <= set(gopt_geo.models.__all__)
+    assert gopt_geo.models.AUX_FREE_VARIANTS == ("optical_only", "static_prompt")
+    for name in gopt_geo.models.__all__:
+        assert getattr(gopt_geo.models, name) is not None
 
 
 def test_lazy_package_names_are_the_defining_modules_objects():

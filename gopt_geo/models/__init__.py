@@ -3,13 +3,20 @@
 The registry of model variants and `build_model` live here, as in
 segmentation_models_pytorch (registry + create function in the package). The package
 is lazy: ``ModelConfig``, ``ParameterReport`` and ``VARIANTS`` come from the torch-free
-``config`` module, every torch name is imported on first use (module ``__getattr__``),
-so that reading a config or an adapter's metadata does not import torch and timm.
+``config`` and ``variants`` modules, every torch name is imported on first use (module
+``__getattr__``), so that reading a config or an adapter's metadata does not import
+torch and timm.
 
-Modules, each importing only those before it: ``config`` (torch-free); ``backbone``
-(timm, its internals through ``gopt_geo.compat``), ``decoder``, ``prompters``; ``base``
-(config + backbone + decoder: what every variant shares); ``gopt`` and ``baselines``
-(base + prompters; the baselines never import GoPT).
+One table each, every other list derived: the variants are ``variants.VARIANT_TABLE``
+(``VARIANTS``, ``MODEL_REGISTRY`` and the variant classes' lazy names come from it),
+the other torch-backed public names are ``_SHARED`` below; ``__all__`` is both plus the
+torch-free names. (Type checkers see the lazy names through ``__getattr__``.)
+
+Modules, each importing only those before it: ``variants`` and ``config`` (torch-free);
+``backbone`` (timm, its internals through ``gopt_geo.compat``), ``decoder`` (with the
+full-resolution detail path), ``prompters``; ``base`` (config + backbone + decoder: what
+every variant shares); ``gopt``, ``baselines`` and ``pixel`` (base (+ prompters); the
+baselines never import GoPT).
 """
 
 from __future__ import annotations
@@ -17,43 +24,28 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from gopt_geo.models.config import VARIANTS, ModelConfig, ParameterReport
+from gopt_geo.models.config import ModelConfig, ParameterReport
+from gopt_geo.models.variants import AUX_FREE_VARIANTS, VARIANT_TABLE, VARIANTS, Variant
 
-if TYPE_CHECKING:
-    from gopt_geo.models.backbone import FrozenBackbone, InjectionPoint, RandomBackboneWarning
-    from gopt_geo.models.base import SegmentationModel, SegmentationOutput
-    from gopt_geo.models.baselines import (
-        EarlyFusionSegmenter,
-        OpticalAllBandsSegmenter,
-        OpticalOnlySegmenter,
-        StaticPromptSegmenter,
-    )
-    from gopt_geo.models.gopt import GoPTSegmenter, SceneContext
+if TYPE_CHECKING:  # this module's own annotations
+    from gopt_geo.models.base import SegmentationModel
 
 #: variant name -> "module:class" of its model; resolved on use, so that the registry
 #: itself costs no torch import. Keys are exactly ``VARIANTS`` (what configs accept).
-MODEL_REGISTRY: dict[str, str] = {
-    "gopt": "gopt_geo.models.gopt:GoPTSegmenter",
-    "optical_only": "gopt_geo.models.baselines:OpticalOnlySegmenter",
-    "optical_all_bands": "gopt_geo.models.baselines:OpticalAllBandsSegmenter",
-    "early_fusion": "gopt_geo.models.baselines:EarlyFusionSegmenter",
-    "static_prompt": "gopt_geo.models.baselines:StaticPromptSegmenter",
-}
+MODEL_REGISTRY: dict[str, str] = {v.name: v.target for v in VARIANT_TABLE}
 
-#: torch-backed public names -> the module that defines them (imported on first access).
-_LAZY: dict[str, str] = {
+#: The torch-backed public names that are not a variant's class -> their module.
+_SHARED: dict[str, str] = {
     "FrozenBackbone": "gopt_geo.models.backbone",
     "InjectionPoint": "gopt_geo.models.backbone",
     "RandomBackboneWarning": "gopt_geo.models.backbone",
     "SegmentationModel": "gopt_geo.models.base",
     "SegmentationOutput": "gopt_geo.models.base",
-    "GoPTSegmenter": "gopt_geo.models.gopt",
     "SceneContext": "gopt_geo.models.gopt",
-    "OpticalOnlySegmenter": "gopt_geo.models.baselines",
-    "OpticalAllBandsSegmenter": "gopt_geo.models.baselines",
-    "EarlyFusionSegmenter": "gopt_geo.models.baselines",
-    "StaticPromptSegmenter": "gopt_geo.models.baselines",
 }
+
+#: Every torch-backed public name -> the module that defines it (imported on first access).
+_LAZY: dict[str, str] = {**_SHARED, **{v.class_name: v.module for v in VARIANT_TABLE}}
 
 
 def model_class(variant: str) -> type[SegmentationModel]:
@@ -87,22 +79,15 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
 
 
-__all__ = [
+__all__ = [  # derived from the tables above
+    "AUX_FREE_VARIANTS",
     "MODEL_REGISTRY",
     "VARIANTS",
-    "EarlyFusionSegmenter",
-    "FrozenBackbone",
-    "GoPTSegmenter",
-    "InjectionPoint",
+    "VARIANT_TABLE",
     "ModelConfig",
-    "OpticalAllBandsSegmenter",
-    "OpticalOnlySegmenter",
     "ParameterReport",
-    "RandomBackboneWarning",
-    "SceneContext",
-    "SegmentationModel",
-    "SegmentationOutput",
-    "StaticPromptSegmenter",
+    "Variant",
     "build_model",
     "model_class",
+    *_LAZY,
 ]

@@ -4,9 +4,11 @@ Every variant is a timm backbone plus the same light decoder, with the same inpu
 (normalised RGB, auxiliary bands, optional target), the same outputs and the same
 bookkeeping: padding to the backbone's stride, the peft-style parameter report, and
 the split between the trainable state (what goes into the adapter file) and the frozen
-backbone. The backbone + decoder construction lives here once; a variant adds its
+backbone. The backbone + decoder construction lives here once, the decoder's optional
+full-resolution detail path (``model.detail_path``) with it; a variant adds its
 prompting modules in `build_prompting` and says how its features are computed in
-`forward_features`.
+`forward_features`. The per-pixel baseline (``pixel.py``) builds neither backbone nor
+decoder: it overrides `build_modules` and `forward`, and keeps the bookkeeping.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from gopt_geo.data.classes import IGNORE_INDEX
+from gopt_geo.constants import IGNORE_INDEX
 from gopt_geo.errors import InputError
 from gopt_geo.models.backbone import FrozenBackbone, InjectionPoint, pad_to_multiple
 from gopt_geo.models.config import (
@@ -27,6 +30,11 @@ from gopt_geo.models.config import (
 )
 from gopt_geo.models.decoder import MultiLevelDecoder
 from gopt_geo.models.prompters import prompted_points
+from gopt_geo.models.variants import VARIANT_INFO
+
+#: What a model without a backbone (``pixel``) records as its backbone identity: the
+#: adapter check (same name, same sha256) then passes on any machine, as it should.
+NO_BACKBONE = {"name": "none", "weights": "none", "sha256": "none"}
 
 
 @dataclass
@@ -38,27 +46,48 @@ class SegmentationOutput:
 class SegmentationModel(nn.Module):
     """Base of GoPT and every baseline: same inputs, same outputs, same bookkeeping.
 
-    Builds, in this order (the order fixes the state-dict layout and which random
-    numbers each module's initialisation draws): ``self.backbone`` (frozen unless
-    ``frozen=False``, its stem widened to ``in_chans`` if that is not 3), the variant's
-    own modules (`build_prompting`), ``self.decoder`` over the backbone's four feature
-    levels. Subclasses implement ``forward_features``.
+    Builds (`build_modules`), in this order (the order fixes the state-dict layout and
+    which random numbers each module's initialisation draws): ``self.backbone`` (frozen
+    unless ``frozen=False``, its stem widened to ``in_chans`` if that is not 3), the
+    variant's own modules (`build_prompting`), ``self.decoder`` over the backbone's four
+    feature levels (its detail path last). Subclasses implement ``forward_features``.
     """
 
     config: ModelConfig
-    backbone: FrozenBackbone
+    backbone: FrozenBackbone | None  # None: the per-pixel baseline
     decoder: MultiLevelDecoder
 
     def __init__(self, config: ModelConfig, *, frozen: bool = True, in_chans: int = 3) -> None:
         super().__init__()
         self.config = config
+        self.build_modules(frozen=frozen, in_chans=in_chans)
+
+    def build_modules(self, *, frozen: bool, in_chans: int) -> None:
+        """The backbone, the variant's prompting modules and the decoder (see the class)."""
+        config = self.config
         self.backbone = FrozenBackbone(config.backbone, config.weights, frozen=frozen)
         if in_chans != 3:
             self.backbone.adapt_input_channels(in_chans)
         self.build_prompting(self.backbone.injection_points)
         self.decoder = MultiLevelDecoder(
-            self.decoder_channels(), config.num_classes, config.decoder_dim
+            self.decoder_channels(),
+            config.num_classes,
+            config.decoder_dim,
+            detail_bands=self.detail_bands if config.detail_path else 0,
+            detail_dim=config.detail_dim,
         )
+
+    @property
+    def reads_aux(self) -> bool:
+        """Whether the model uses the auxiliary input (``optical_only`` and
+        ``static_prompt`` do not: they predict without SAR)."""
+        return VARIANT_INFO[self.config.variant].reads_aux
+
+    @property
+    def detail_bands(self) -> int:
+        """Bands the detail path reads: every band the variant reads (RGB + auxiliary,
+        RGB alone for a variant that ignores the auxiliary input)."""
+        return 3 + (self.config.aux_channels if self.reads_aux else 0)
 
     def build_prompting(self, points: list[InjectionPoint]) -> None:
         """Create the modules the variant adds at the backbone's injection points
@@ -108,7 +137,10 @@ class SegmentationModel(nn.Module):
         if target is not None:
             target = pad_to_multiple(target, divisor, value=IGNORE_INDEX)
         features, losses = self.forward_features(rgb, aux, target, context)
-        logits = self.decoder(features, (rgb.shape[-2], rgb.shape[-1]))
+        bands = None
+        if self.decoder.detail is not None:
+            bands = torch.cat([rgb, aux], dim=1) if self.reads_aux else rgb
+        logits = self.decoder(features, (rgb.shape[-2], rgb.shape[-1]), bands)
         return SegmentationOutput(logits[..., :h, :w], losses)
 
     @property
@@ -136,6 +168,8 @@ class SegmentationModel(nn.Module):
         (EfficientNet-Lite0: 0.43x without), so there the recomputation buys little.
         """
         share = checkpoint_share(mode)
+        if self.backbone is None:
+            return False  # nothing to checkpoint
         if share == "auto":
             share = AUTO_VIT_SHARE if self.backbone.frozen and self.backbone.kind == "vit" else 0.0
         if share and not self.backbone.frozen:
@@ -177,7 +211,8 @@ class SegmentationModel(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def _is_frozen_key(self, key: str) -> bool:
-        return self.backbone.frozen and key.startswith("backbone.")
+        backbone = self.backbone
+        return backbone is not None and backbone.frozen and key.startswith("backbone.")
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """The trainable state: trainable parameters plus the buffers of trainable modules
@@ -205,4 +240,6 @@ class SegmentationModel(nn.Module):
         assert all(self._is_frozen_key(k) for k in result.missing_keys)
 
     def backbone_identity(self) -> dict[str, str]:
-        return self.backbone.identity()
+        """What the adapter records to refuse loading onto other weights (``NO_BACKBONE``
+        for a model without one)."""
+        return dict(NO_BACKBONE) if self.backbone is None else self.backbone.identity()

@@ -13,9 +13,17 @@ from typing import Any
 
 from gopt_geo import __version__
 from gopt_geo.errors import InputError
+from gopt_geo.models.variants import VARIANT_INFO, VARIANTS
 
-#: The model variants, in the order reports list them (``build_model`` has one class each).
-VARIANTS = ("gopt", "optical_only", "optical_all_bands", "early_fusion", "static_prompt")
+__all__ = [
+    "AUTO_VIT_SHARE",
+    "CHOICES",
+    "VARIANTS",
+    "ModelConfig",
+    "ParameterReport",
+    "UnknownConfigFields",
+    "checkpoint_share",
+]
 
 #: The allowed values of the switches that pick between readings of the paper
 #: (docs/design.md §3, README "GoPT as implemented here"); defaults are on the fields.
@@ -58,7 +66,7 @@ class UnknownConfigFields(InputError):
 class ModelConfig:
     """Everything needed to rebuild a model; stored in the adapter file."""
 
-    variant: str = "gopt"  # gopt | optical_only | optical_all_bands | early_fusion | static_prompt
+    variant: str = "gopt"  # one of VARIANTS (models/variants.py: gopt, the baselines, pixel)
     backbone: str = "efficientnet_lite0"  # any timm model name
     weights: str = "packaged"  # packaged | timm | random | path to .safetensors/.pth
     num_classes: int = 7
@@ -70,7 +78,7 @@ class ModelConfig:
     tau: float = 1.0  # Gumbel-Softmax / softmax temperature (the final one with a schedule)
     class_aware_loss: bool = True
     alignment_loss: bool = True
-    decoder_dim: int = 64
+    decoder_dim: int = 64  # the decoder's width (pixel: the width of its hidden layers)
     num_prompt_tokens: int = 8  # static_prompt variant only
     prompt_heads: int = 4  # heads of the prompt cross-attentions (must divide prompt_dim)
     share_projections: bool = True  # one ACP down/up projection per backbone width
@@ -94,6 +102,11 @@ class ModelConfig:
     # None: mass + 1e-6, whose gradient for a group no token chose (hard) is 1e6 x features
     cup_context: str = "window"  # window: groups per window | scene: from a whole-scene pass
     context_size: int = 1024  # longest side (pixels) of the scene-context pass
+    # -- the full-resolution detail path (decoder.DetailHead; every variant with a decoder) --
+    detail_path: bool = False  # a light trainable stream from every band at full resolution,
+    # fused with the decoder's upsampled features and added to its logits, so that 1-3 px
+    # features (rivers, roads) can be mapped; False: logits at 1/4, upsampled (the paper)
+    detail_dim: int = 8  # channels of the detail path's full-resolution maps
 
     def __post_init__(self) -> None:
         problems = []
@@ -112,10 +125,12 @@ class ModelConfig:
             "decoder_dim",
             "prompt_heads",
             "context_size",
+            "detail_dim",
         ):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        needs_aux = self.variant in ("gopt", "optical_all_bands")
+        info = VARIANT_INFO.get(self.variant)
+        needs_aux = info is not None and info.needs_aux
         if self.aux_channels < 0 or (self.aux_channels == 0 and needs_aux):
             who = "GoPT" if self.variant == "gopt" else self.variant
             problems.append(f"aux_channels must be >= 1 for {who}, got {self.aux_channels}")

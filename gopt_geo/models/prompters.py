@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gopt_geo.data.classes import IGNORE_INDEX
+from gopt_geo.constants import IGNORE_INDEX
 
 
 def assign(

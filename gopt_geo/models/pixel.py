@@ -1,0 +1,54 @@
+"""`PixelSegmenter` (``pixel``): a per-pixel classifier on every band, the yardstick.
+
+What a remote-sensing user tries first (a random forest or logistic regression on the
+bands, pixel by pixel): here a small MLP of 1x1 convolutions over the normalised RGB and
+auxiliary bands, trained by the same trainer and written as an adapter like the other
+variants, so that its report sits beside GoPT's on the same split. On real 10 m
+imagery it beats any model whose map is coarser than its pixels (issue 23), which is
+why it is a row of the demo and of the benchmarks.
+
+It builds no backbone (its adapter records `base.NO_BACKBONE`) and no decoder; of
+`ModelConfig` it reads ``num_classes``, ``aux_channels`` and ``decoder_dim`` (the width
+of its hidden layers), and ignores the rest. A pixel's prediction depends on that pixel
+alone, so it does not depend on the window either.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gopt_geo.models.base import SegmentationModel, SegmentationOutput
+
+#: Hidden layers of the MLP: two, as in the usual per-pixel MLP baselines; one is close
+#: to logistic regression, more adds nothing a pixel's few bands can use.
+HIDDEN_LAYERS = 2
+
+
+class PixelSegmenter(SegmentationModel):
+    """1x1-conv MLP on cat(rgb, aux): ``HIDDEN_LAYERS`` x (1x1 conv, batch norm, ReLU) of
+    ``decoder_dim`` channels, then a 1x1 classifier."""
+
+    def build_modules(self, *, frozen: bool, in_chans: int) -> None:
+        config = self.config
+        self.backbone = None
+        width, layers = config.decoder_dim, []
+        c_in = 3 + config.aux_channels
+        for _ in range(HIDDEN_LAYERS):
+            layers += [
+                nn.Conv2d(c_in, width, kernel_size=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            c_in = width
+        self.mlp = nn.Sequential(*layers)
+        self.classifier = nn.Conv2d(width, config.num_classes, kernel_size=1)
+
+    def forward(
+        self, rgb: Tensor, aux: Tensor, target: Tensor | None = None, context: Any = None
+    ) -> SegmentationOutput:
+        """See `SegmentationModel.forward`; any H, W, no padding (nothing has a stride)."""
+        self._check_inputs(rgb, aux, target)
+        return SegmentationOutput(self.classifier(self.mlp(torch.cat([rgb, aux], dim=1))))
