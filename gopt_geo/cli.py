@@ -257,12 +257,17 @@ def train(
             "  no adapter written: training ended before the first validation "
             "(train.max_steps shorter than one epoch?)"
         )
-    else:
-        _echo(f"  adapter (best epoch): {result.adapter}")
-    if "val" in result.metrics:
-        from .evaluation import Metrics
+    from .evaluation import Metrics
 
-        _echo("  validation: " + Metrics.from_dict(result.metrics["val"]).summary())
+    # epochs counted from 1, as the progress bar does
+    m, total = result.metrics, cfg.train.epochs
+    if result.adapter is not None and "val" in m:
+        _echo(f"  adapter: {result.adapter} (best epoch: {m['epoch'] + 1} of {total})")
+        _echo(f"  validation, epoch {m['epoch'] + 1} (the adapter's):")
+        _echo("    " + Metrics.from_dict(m["val"]).summary())
+    if "last_val" in m and m.get("last_epoch") != m.get("epoch"):
+        _echo(f"  validation, epoch {m['last_epoch'] + 1} (the last; not the adapter's):")
+        _echo("    " + Metrics.from_dict(m["last_val"]).summary())
 
 
 @app.command()
@@ -277,7 +282,13 @@ def evaluate(
     model: Annotated[Path | None, typer.Option(help="Adapter file to evaluate.")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Run config.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Config override.")] = None,
-    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    split: Annotated[
+        str,
+        typer.Option(
+            help="train, val or test: the split a model is scored on, or, for a map with "
+            "--config, the split's band of rows (or scenes) the map is scored on."
+        ),
+    ] = "test",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Metrics JSON.")] = None,
     classes: Annotated[
@@ -292,7 +303,8 @@ def evaluate(
         typer.Option(help="Score only where this 0/1 raster (on the map's grid) is non-zero."),
     ] = None,
 ) -> None:
-    """Score a model on a data split (--model, --config), or a class map against a reference."""
+    """Score a model on a data split (--model, --config), or a class map against a
+    reference (everywhere, --within a mask, or on a split of --config's scenes)."""
     from .data.classes import scheme_option
     from .evaluation import evaluate_maps
     from .io import ensure_output_dir, strict_json, write_text_atomic
@@ -303,7 +315,15 @@ def evaluate(
                 "give a predicted map and a reference raster, or --model and --config"
             )
         scheme = scheme_option(classes) if classes is not None else None
-        metrics = evaluate_maps(prediction, reference, classes=scheme, within=within)
+        region = None
+        if config is not None:
+            from .config import load_config
+            from .evaluation import split_region
+
+            chosen = split_region(load_config(config, set_), split, prediction)
+            region = chosen.boxes
+            _echo(f"scoring {chosen.description}")
+        metrics = evaluate_maps(prediction, reference, classes=scheme, within=within, region=region)
         default_out = prediction.with_suffix(".metrics.json")
     else:
         if model is None or config is None:
@@ -510,6 +530,10 @@ def predict_many(
     retries: Annotated[
         int, typer.Option(help="Tries again for network or worker failures (not bad inputs).")
     ] = 2,
+    connect_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds to wait for --scheduler (or its scheduler file) to answer."),
+    ] = 10.0,
     *,
     options: PredictOptions,  # the flags of its fields (prediction_options)
     progress: Annotated[bool, typer.Option(help="Show a progress bar over scenes.")] = True,
@@ -532,7 +556,7 @@ def predict_many(
         sar_dir=sar_dir,
         assets=parse_asset_map(assets),
     )
-    with executor_for(scheduler, workers, threads_per_worker, options.device) as (
+    with executor_for(scheduler, workers, threads_per_worker, options.device, connect_timeout) as (
         executor,
         threads,
         what,

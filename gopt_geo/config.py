@@ -13,6 +13,7 @@ import math
 import types
 import typing
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -198,6 +199,82 @@ class RunConfig:
         )
 
 
+#: Plausible band means (physical units) of optical data given a scale or offset:
+#: reflectance, a little below 0 (atmospheric correction) up to bright snow and glint.
+REFLECTANCE_RANGE = (-0.1, 1.5)
+#: Below this, the brightest band's mean is too dark for any land-cover scene: a scale
+#: too small (by 10 or more).
+DARKEST_PLAUSIBLE = 0.04
+#: Stored values without a scale: reflectance, or digital numbers up to 16 bits.
+UNSCALED_RANGE = (-0.1, 65535.0)
+
+
+def check_optical_scale(
+    values_by_band: Mapping[str, float],
+    scale: float | Sequence[float] | None,
+    offset: float | Sequence[float] | None,
+    *,
+    physical: bool = False,
+) -> list[str]:
+    """Warnings (one line each, naming the band and its value) when the optical data's
+    typical values (e.g. each band's mean over the training patches) do not look like
+    the physical range the scale and offset are meant to give; empty when they do.
+
+    ``values_by_band``: band name -> value, in the order of ``data.optical_bands``; the
+    stored values (``physical=False``: ``(stored + offset) * scale`` is applied here) or
+    values already in physical units (``physical=True``, as the datamodule's statistics
+    are). With a scale or offset the result must be reflectance
+    (:data:`REFLECTANCE_RANGE`, and not all bands darker than
+    :data:`DARKEST_PLAUSIBLE`); without, either reflectance or digital numbers
+    (:data:`UNSCALED_RANGE`). A scale wrong by 10x, the classic mistake, lands outside.
+    """
+    names = list(values_by_band)
+    scales, offsets = _per_band(scale, len(names)), _per_band(offset, len(names))
+    scaled = scale is not None or offset is not None
+    values = {}
+    for i, name in enumerate(names):
+        v = float(values_by_band[name])
+        values[name] = (
+            v
+            if physical
+            else (v + (offsets[i] if offsets else 0.0)) * (scales[i] if scales else 1.0)
+        )
+    finite = {n: v for n, v in values.items() if math.isfinite(v)}
+    how = (
+        f"after data.optical_scale {scale} and data.optical_offset {offset}"
+        if scaled
+        else "(no data.optical_scale)"
+    )
+    low, high = REFLECTANCE_RANGE if scaled else UNSCALED_RANGE
+    hint = (
+        "check data.optical_scale / data.optical_offset (Sentinel-2 L2A digital numbers: "
+        "scale 0.0001, offset -1000 from processing baseline 04.00)"
+    )
+    warnings_ = [
+        f"optical band {n}: mean {v:.4g} {how} is outside the plausible range "
+        f"{low:g}..{high:g} of {'reflectance' if scaled else 'reflectance or digital numbers'}; "
+        + hint
+        for n, v in finite.items()
+        if not low <= v <= high
+    ]
+    if scaled and finite and not warnings_ and max(finite.values()) < DARKEST_PLAUSIBLE:
+        shown = ", ".join(f"{n} {v:.3g}" for n, v in finite.items())
+        warnings_.append(
+            f"optical bands {shown}: every band's mean {how} is below {DARKEST_PLAUSIBLE:g}, "
+            "darker than any land-cover scene's reflectance (a scale too small?); " + hint
+        )
+    return warnings_
+
+
+def _per_band(value: float | Sequence[float] | None, n: int) -> list[float]:
+    if value is None:
+        return []
+    if isinstance(value, int | float):
+        return [float(value)] * n
+    values = [float(v) for v in value]
+    return values if len(values) == n else [values[0]] * n if len(values) == 1 else values
+
+
 def _floats(value: float | list[float] | None) -> tuple[float, ...]:
     if value is None:
         return ()
@@ -238,7 +315,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise InputError(f"{key}: expected a mapping, got {value!r}")
         _, vt = typing.get_args(tp)
         return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads 1e-3 (no dot) as a string; a number it is
+        try:
+            value = float(value)
+        except ValueError:
+            raise InputError(f"{key}: expected a number, got {value!r}") from None
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise InputError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -265,15 +350,44 @@ def _build(cls: Any, values: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+#: Longest ``--set`` value: a value, not a document.
+MAX_SET_VALUE = 10_000
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    """YAML text parsed safely (no tags that build objects), or one line naming ``where``."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        reason = " ".join(str(err).split())  # PyYAML's messages span lines
+        raise InputError(f"{where}: not valid YAML ({reason[:200]})") from None
+    except RecursionError:
+        raise InputError(f"{where}: YAML nested too deeply") from None
+
+
 def _set(tree: dict[str, Any], dotted: str, raw: str) -> None:
-    """Apply one ``key.sub=value`` override; the value is parsed as YAML."""
+    """Apply one ``key.sub=value`` override; the value is parsed as YAML.
+
+    Every mistake is one line naming the override: an empty key or part of one, an empty
+    value (write ``null`` for none, ``''`` for an empty string), invalid YAML, a key
+    below a value that is not a section. Types and unknown keys are checked with the
+    whole config (:func:`_build`)."""
+    shown = f"--set {dotted}={raw}" if len(raw) <= 60 else f"--set {dotted}=..."
     keys = dotted.split(".")
+    if not all(k.strip() for k in keys):
+        raise InputError(f"{shown}: expected key=value with a dotted key such as train.lr")
+    keys = [k.strip() for k in keys]
+    if not raw.strip():
+        raise InputError(f"{shown}: no value (write null for none, '' for an empty string)")
+    if len(raw) > MAX_SET_VALUE:
+        raise InputError(f"--set {dotted}: value longer than {MAX_SET_VALUE} characters")
+    value = _parse_yaml(raw, shown)
     node = tree
-    for k in keys[:-1]:
+    for depth, k in enumerate(keys[:-1]):
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
-            raise InputError(f"--set {dotted}: {k} is not a section")
-    node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+            raise InputError(f"{shown}: {'.'.join(keys[: depth + 1])} is not a section")
+    node[keys[-1]] = value
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -283,17 +397,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.exists():
             raise InputError(f"{path}: config file not found")
+        if not path.is_file():
+            raise InputError(f"{path}: not a file (a config is a YAML file)")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+            text = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise InputError(
+                f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8"
+            ) from None
+        except OSError as err:
+            raise InputError(f"{path}: cannot read the config ({err.strerror})") from None
+        tree = _parse_yaml(text, str(path)) or {}
         if not isinstance(tree, dict):
             raise InputError(f"{path}: a config must be a mapping of sections")
     for item in overrides or []:
         if "=" not in item:
             raise InputError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        _set(tree, key.strip(), raw)
+        _set(tree, key.strip(), raw.strip())
     try:
         cfg = _build(RunConfig, tree)
     except InputError as err:

@@ -128,12 +128,18 @@ def metrics_from_confusion(cm: np.ndarray, class_names: list[str] | None = None)
     )
 
 
+#: A part of a map to score: rows [r0, r1) and columns [c0, c1) in pixel coordinates
+#: (fractional allowed); a pixel counts when its centre lies inside.
+PixelBox = tuple[float, float, float, float]
+
+
 def evaluate_maps(
     prediction: str | Path,
     reference: str | Path,
     classes: ClassScheme | None = None,
     block_rows: int = 512,
     within: str | Path | None = None,
+    region: list[PixelBox] | None = None,
 ) -> Metrics:
     """Compare a predicted class map with a reference raster, on the prediction's grid.
 
@@ -143,6 +149,9 @@ def evaluate_maps(
     Codes become class indices through ``classes``, or the scheme embedded in the
     prediction; a map with neither is refused. ``within``: a 0/1 raster on the
     prediction's grid (e.g. a cloud mask); only its non-zero pixels are scored.
+    ``region``: only pixels inside these boxes are scored (a split's band of rows,
+    :func:`split_region`). Codes map to classes as they are, whatever integers they are
+    (-1 in an int16 reference is ignored, never clamped onto a class's code).
     """
     from .data.classes import scheme_from_tags
     from .io import check_overlap, open_raster
@@ -156,32 +165,110 @@ def evaluate_maps(
                 f"{prediction}: the map carries no gopt-geo class scheme; give the scheme "
                 "(--classes: a built-in scheme name or a class file)"
             )
-        lut = scheme.code_to_index_lut().astype(np.int64)
         cm = np.zeros((scheme.num_classes, scheme.num_classes), dtype=np.int64)
-        region = open_raster(within) if within is not None else None
-        if region is not None and region.shape != pred.shape:
-            region.close()
-            raise InputError(f"{within}: mask is {region.shape}, prediction {pred.shape}")
+        mask = open_raster(within) if within is not None else None
+        if mask is not None and mask.shape != pred.shape:
+            mask.close()
+            raise InputError(f"{within}: mask is {mask.shape}, prediction {pred.shape}")
         try:
             for _, win in strips(pred.height, pred.width, block_rows):
                 p, valid = read_with_mask(pred, win, prediction)
                 r, ref_valid = ref.read(win)
                 valid &= ref_valid
-                pi = lut[np.clip(p, 0, 255).astype(np.int64)]
-                ri = lut[np.clip(r, 0, 255).astype(np.int64)]
+                pi = scheme.code_indices(p)
+                ri = scheme.code_indices(r)
+                if mask is not None:
+                    valid &= mask.read(1, window=win) != 0
                 if region is not None:
-                    valid &= region.read(1, window=win) != 0
+                    valid &= _inside(region, win)
                 ri[~valid] = IGNORE_INDEX
                 cm += confusion_matrix(ri, pi, scheme.num_classes)
         finally:
-            if region is not None:
-                region.close()
+            if mask is not None:
+                mask.close()
     if cm.sum() == 0:
         raise InputError(
             f"{prediction}: no pixel to score against {reference} (no valid pixel in common, "
             "or the two share no class code)"
         )
     return metrics_from_confusion(cm, scheme.names)
+
+
+def _inside(region: list[PixelBox], window: Any) -> np.ndarray:
+    """Pixels of ``window`` whose centres lie inside one of the ``region`` boxes."""
+    rows = window.row_off + np.arange(window.height) + 0.5
+    cols = window.col_off + np.arange(window.width) + 0.5
+    keep = np.zeros((window.height, window.width), dtype=bool)
+    for r0, r1, c0, c1 in region:
+        keep |= ((rows > r0) & (rows < r1))[:, None] & ((cols > c0) & (cols < c1))[None, :]
+    return keep
+
+
+@dataclass
+class SplitRegion:
+    """Where a map of one of a config's scenes belongs to a split: ``boxes`` in the
+    map's pixel coordinates (None: the whole map, a scene of a whole-scene split)."""
+
+    scene: str
+    split: str
+    boxes: list[PixelBox] | None
+    description: str
+
+
+def split_region(cfg: RunConfig, split: str, prediction: str | Path) -> SplitRegion:
+    """The part of ``prediction`` (a map of one of ``cfg``'s scenes, on its optical
+    grid) that belongs to ``split``: the split's band of rows (``data.split_rows``),
+    exactly as training and ``evaluate --model`` draw it, or the whole map when its
+    scene is one of the split's scenes. A map of a scene outside the split, or on no
+    scene's grid, is refused in one line."""
+    from .data.scenes import SPLITS
+    from .io import open_raster, same_grid
+
+    if split not in SPLITS:
+        raise InputError(f"--split {split!r}: expected train, val or test")
+    folder = Path(cfg.data.root) / "optical"
+    with open_raster(prediction) as pred:
+        matches = []
+        for path in sorted(folder.glob("*.tif")):
+            with open_raster(path) as src:
+                if same_grid(src, pred):
+                    matches.append(path.stem)
+        transform, crs = pred.transform, pred.crs
+    if len(matches) > 1:  # scenes on one grid: the map's name says which (S_classes.tif)
+        named = [m for m in matches if Path(prediction).stem.startswith(m)]
+        matches = named[-1:] if named else matches
+    if len(matches) != 1:
+        raise InputError(
+            f"{prediction}: the map is on "
+            + ("the grid of none" if not matches else f"the grids of several ({matches})")
+            + f" of the scenes in {folder} (data.root); --split scores a map of one of them"
+        )
+    scene = matches[0]
+    extent = cfg.datamodule().split_extent(split)
+    if scene not in extent.scenes:
+        raise InputError(
+            f"{prediction}: scene {scene} is not in the {split} split ({extent.scenes})"
+        )
+    boxes = extent.boxes
+    if boxes is None:
+        return SplitRegion(scene, split, None, f"the whole scene {scene} ({split} split)")
+    if crs is None:  # pixel grid: each scene at its own offset (data/rasters.py)
+        xoff, yoff = extent.pixel_grid_offsets.get(scene, (0.0, 0.0))
+
+        def to_pixels(x: float, y: float) -> tuple[float, float]:
+            return x - xoff, yoff - y
+    else:
+        inverse = ~transform
+
+        def to_pixels(x: float, y: float) -> tuple[float, float]:
+            return inverse @ (x, y)  # type: ignore[return-value]
+
+    pixel_boxes = []
+    for x0, y0, x1, y1 in boxes:
+        (ca, ra), (cb, rb) = to_pixels(x0, y1), to_pixels(x1, y0)
+        pixel_boxes.append((min(ra, rb), max(ra, rb), min(ca, cb), max(ca, cb)))
+    rows = ", ".join(f"rows {round(b[0])}..{round(b[1])}" for b in pixel_boxes)
+    return SplitRegion(scene, split, pixel_boxes, f"the {split} band of {scene} ({rows})")
 
 
 def evaluate_model(

@@ -11,6 +11,9 @@ marked in a comment, so the user knows what to check before a long run.
 
 from __future__ import annotations
 
+import math
+import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ import numpy as np
 import yaml
 
 from .data.classes import DEFAULT_COLOURS, names_from_tags
+from .data.row_split import band_rows, choose_row_split
 from .errors import InputError
 from .io import check_writable, data_band_count, open_raster, write_text_atomic
 
@@ -93,30 +97,173 @@ def _sar_units(paths: list[Path]) -> tuple[str, str]:
     return "db", f"median {median:.3g}: neither dB nor linear power; check"
 
 
-def _label_codes(paths: list[Path]) -> tuple[dict[int, float], dict[int, str], dict, int | None]:
-    """Pixel share per code, names and colour table from the label rasters, their nodata."""
+@dataclass
+class _Labels:
+    """What the label rasters hold: pixels per code (nodata included), names, colours."""
+
+    counts: dict[int, int]
+    names: dict[int, str]
+    colours: dict[int, tuple[int, int, int]]
+    nodata: int | None
+    dtype: str
+
+    @property
+    def shares(self) -> dict[int, float]:
+        total = max(sum(self.counts.values()), 1)
+        return {c: self.counts[c] / total for c in sorted(self.counts)}
+
+
+def _label_codes(paths: list[Path]) -> _Labels:
+    """Pixels per code of the label rasters (every integer, -1 and 255 included; the
+    nodata value's pixels counted under it), their names, colour table and nodata."""
     counts: dict[int, int] = {}
     names: dict[int, str] = {}
     colours: dict[int, tuple[int, int, int]] = {}
-    nodata = None
+    nodata: int | None = None
+    dtype = ""
     for path in paths:
         with open_raster(path) as src:
-            nodata = src.nodata if src.nodata is not None else nodata
+            dtype = dtype or src.dtypes[0]
+            if src.nodata is not None and np.isfinite(src.nodata):
+                nodata = int(src.nodata)
             names = {**names_from_tags(src.tags(), src.tags(1)), **names}
             try:
                 colours = {k: tuple(v[:3]) for k, v in src.colormap(1).items()} | colours
             except ValueError:  # no colour table
                 pass
             for _, window in src.block_windows(1):
-                block = src.read(1, window=window)
-                if nodata is not None:
-                    block = block[block != nodata]
+                block = src.read(1, window=window).ravel()
+                if block.dtype.kind == "f":
+                    block = block[np.isfinite(block)]
                 codes, n = np.unique(block, return_counts=True)
                 for c, k in zip(codes.tolist(), n.tolist(), strict=True):
                     counts[int(c)] = counts.get(int(c), 0) + k
-    total = max(sum(counts.values()), 1)
-    shares = {c: counts[c] / total for c in sorted(counts)}
-    return shares, names, colours, None if nodata is None else int(nodata)
+    return _Labels(counts, names, colours, nodata, dtype)
+
+
+def _ignored_codes(labels: _Labels) -> tuple[list[int], list[str]]:
+    """(codes to ignore, one reason per line). Whatever the data mark as no data is
+    ignored: the nodata tag, codes named so, negative codes, 255 in 8-bit labels; 0 is
+    taken as background only when nothing else marks unlabelled pixels and two classes
+    remain without it (a 0/1 water mask keeps 0 as a class)."""
+    present = set(labels.counts)
+    reasons: dict[int, str] = {}
+    if labels.nodata is not None:
+        reasons[labels.nodata] = "the label rasters' nodata value"
+    for c, n in labels.names.items():
+        if n.lower() in _IGNORE_NAMES and c in present:
+            reasons.setdefault(c, f"named {n!r}")
+    for c in present:
+        if c < 0:
+            reasons.setdefault(c, "negative: no data by convention")
+        elif c == 255 and labels.dtype == "uint8":
+            reasons.setdefault(c, "255 in 8-bit labels: no data by convention")
+        elif c > 254:
+            reasons.setdefault(c, "outside 0..254, so it cannot be a class (class maps are uint8)")
+    rest = present - set(reasons)
+    if not reasons and 0 in rest and 0 not in labels.names and len(rest - {0}) >= 2:
+        reasons[0] = (
+            "0 taken as background/unlabelled (WHU-OPT-SAR's convention), as nothing else "
+            "marks unlabelled pixels; if 0 is a class, move it to data.classes"
+        )
+    ignore = sorted(reasons)
+    return ignore, [f"{c} ({reasons[c]})" for c in ignore]
+
+
+#: Sentinel-2 band names (B1..B12, B8A; with or without the leading zero).
+_S2_NAME = re.compile(r"^b(0?[1-9]|1[0-2]|8a)$", re.IGNORECASE)
+
+
+def _optical_units(
+    paths: list[Path], names: list[str], read: list[str], dtype: str
+) -> tuple[float | None, float | None, str]:
+    """(optical_scale, optical_offset, why) guessed from the data type, the values of the
+    bands read and the band names. Sentinel-2 L1C and L2A store reflectance x 10000;
+    since processing baseline 04.00 (25 January 2022) both add 1000 (offset -1000), which
+    shows as no valid value below 1000."""
+    indexes = [names.index(b) + 1 for b in read if b in names]
+    values = np.concatenate([_sample(p, i) for p in paths[:3] for i in indexes[:4] or [1]])
+    values = values[values != 0] if values.size else values
+    if values.size == 0:
+        return None, None, "no valid optical value to tell the units from; set them if known"
+    p01, p50, p99 = (float(v) for v in np.percentile(values, [1, 50, 99]))
+    seen = f"values p1 {p01:.4g}, median {p50:.4g}, p99 {p99:.4g}"
+    kind = np.dtype(dtype).kind
+    if kind == "f":
+        if p99 <= 2.0:
+            return None, None, f"{dtype} {seen}: reflectance already (0..1); no scale"
+        return None, None, f"{dtype} {seen}: units unknown; no scale (statistics normalise)"
+    if np.dtype(dtype).itemsize == 1:
+        return None, None, f"8-bit {seen}: display values; no scale (statistics normalise)"
+    sentinel2 = sum(bool(_S2_NAME.match(n)) for n in names) >= 10
+    if not (sentinel2 or (20 <= p50 <= 10_000 and p99 <= 25_000)):
+        return None, None, f"{dtype} {seen}: units unknown; no scale (statistics normalise)"
+    product = (
+        "Sentinel-2 " + ("L1C (13 bands, B10 present)" if "B10" in names else "L2A")
+        if sentinel2
+        else "reflectance x 10000 (Sentinel-2's convention)"
+    )
+    below = float((values < 1000).mean())
+    if below < 0.001:
+        return (
+            0.0001,
+            -1000.0,
+            f"{product}, {dtype} {seen}: reflectance x 10000 stored +1000 (processing "
+            "baseline >= 04.00: no value below 1000), so optical_scale 0.0001, "
+            "optical_offset -1000; for products before baseline 04.00 or harmonised ones "
+            "(e.g. Earth Engine's *_HARMONIZED) set optical_offset: 0",
+        )
+    return (
+        0.0001,
+        None,
+        f"{product}, {dtype} {seen}: reflectance x 10000 without the +1000 of processing "
+        f"baseline >= 04.00 ({100 * below:.0f}% of values below 1000), so optical_scale "
+        "0.0001, no offset; for baseline >= 04.00 products set optical_offset: -1000",
+    )
+
+
+def _pixel_size(crs: Any, transform: Any, height: int) -> str:
+    """The pixel size in the CRS's units, with metres for a geographic CRS."""
+    xres, yres = abs(transform.a), abs(transform.e)
+    if crs is None:
+        return "pixel grid (no CRS)"
+    if crs.is_geographic:
+        lat = math.radians(transform.f + transform.e * height / 2)
+        return (
+            f"{xres:.6g} x {yres:.6g} degrees per pixel (about {xres * 111_320 * math.cos(lat):.1f}"
+            f" x {yres * 110_540:.1f} m)"
+        )
+    unit = crs.linear_units or "units"
+    unit = "m" if unit.lower() in ("metre", "meter", "m") else unit
+    return f"{xres:g} x {yres:g} {unit} per pixel"
+
+
+def _row_split(heights: dict[str, int], widths: dict[str, int]) -> tuple[int, list[float], str]:
+    """(patch size, split_rows, comment) for scenes split by bands of rows."""
+    fitting = tuple(p for p in (256, 128, 64, 32) if p <= min(widths.values()))
+    chosen = choose_row_split(list(heights.values()), fitting) if fitting else None
+    if chosen is None:
+        name = min(heights, key=lambda n: heights[n])
+        raise InputError(
+            f"scene {name} is {heights[name]} x {widths[name]} px: too small to split into "
+            "train, validation and test bands of at least one 32-px patch each (plus the "
+            "guard gaps between them); label a larger area or more scenes"
+        )
+    patch, fractions = chosen
+    name = min(heights, key=lambda n: heights[n])
+    bands = [band_rows(heights[name], fractions, i, patch) for i in range(3)]
+    rows = ", ".join(
+        f"{s} rows {a}..{b} ({b - a})"
+        for s, (a, b) in zip(("train", "val", "test"), bands, strict=True)
+    )
+    note = (
+        f"bands of rows of each scene (fewer than 3 scenes), train on top, val in the "
+        f"middle, test at the bottom, with a {patch}-row guard gap at each inner border, "
+        f"so that every band holds at least one {patch}-px patch; in {name} "
+        f"({heights[name]} rows): {rows}. Change split_rows and patch_size together: "
+        "training refuses a band thinner than one patch"
+    )
+    return patch, fractions, note
 
 
 def starter_config(root: str | Path) -> str:
@@ -145,32 +292,36 @@ def starter_config(root: str | Path) -> str:
     rgb, nir = _rgb_and_nir(opt.names)
     used_optical = [*rgb, *nir] if opt.described else opt.names
     units, units_why = _sar_units(sar)
-    shares, code_names, colours, label_nodata = _label_codes(labels)
-    with open_raster(optical[0]) as src:
-        crs = src.crs.to_string() if src.crs else "none (pixel grid)"
-        res = abs(src.transform.a)
-        smallest = min(src.width, src.height)
-    for p in optical[1:]:
-        with open_raster(p) as src:
-            smallest = min(smallest, src.width, src.height)
+    scale, offset, scale_why = _optical_units(optical, opt.names, rgb, opt.dtype)
+    found = _label_codes(labels)
+    shares = found.shares
+    heights: dict[str, int] = {}
+    widths: dict[str, int] = {}
+    for name, path in zip(names, optical, strict=True):
+        with open_raster(path) as src:
+            heights[name], widths[name] = src.height, src.width
+            if path == optical[0]:
+                crs = src.crs.to_string() if src.crs else "no CRS"
+                pixel = _pixel_size(src.crs, src.transform, src.height)
+    smallest = min(min(heights.values()), min(widths.values()))
 
-    ignore = [c for c, n in code_names.items() if n.lower() in _IGNORE_NAMES and c in shares]
-    if not ignore and 0 in shares and 0 not in code_names:
-        ignore = [0]
+    ignore, ignore_why = _ignored_codes(found)
     classes = []
     for i, code in enumerate(c for c in shares if c not in ignore):
-        colour = colours.get(code, DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)])
+        colour = found.colours.get(code, DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)])
         classes.append(
             {
                 "code": code,
-                "name": code_names.get(code, f"class_{code}"),
+                "name": found.names.get(code, f"class_{code}"),
                 "colour": [int(v) for v in colour],
             }
         )
     if len(classes) < 2:
-        raise InputError(f"{folders['labels']}: found fewer than two class codes ({list(shares)})")
+        raise InputError(
+            f"{folders['labels']}: found fewer than two class codes besides the ignored "
+            f"ones (codes {list(shares)}, ignored {ignore}); a model needs two classes"
+        )
 
-    patch = int(min(256, max(32, (smallest // 2) // 32 * 32)))
     data: dict[str, Any] = {
         "dataset": "scenes",
         "root": str(root.resolve()),
@@ -178,14 +329,16 @@ def starter_config(root: str | Path) -> str:
         "sar_bands": sar_bands.names,
         "rgb_bands": rgb,
         "sar_units": units,
-        "classes": classes,
-        "ignore_codes": ignore,
-        "patch_size": patch,
-        "batch_size": 8,
-        "train_patches": 256,
-        "stats_patches": 32,
     }
+    if scale is not None:
+        data["optical_scale"] = scale
+    if offset is not None:
+        data["optical_offset"] = offset
+    data |= {"classes": classes, "ignore_codes": ignore}
     if len(names) >= 3:
+        patch = int(min(256, (smallest // 2) // 32 * 32))
+        if patch < 32:
+            raise InputError(f"{root}: scenes of {smallest} px are too small for 32-px patches")
         n_hold = max(1, round(0.15 * len(names)))
         train_n = len(names) - 2 * n_hold
         data["scenes"] = {
@@ -193,13 +346,13 @@ def starter_config(root: str | Path) -> str:
             "val": names[train_n : train_n + n_hold],
             "test": names[train_n + n_hold :],
         }
-        split_note = "whole scenes: the last ones are held out (check they are not neighbours)"
-    else:
-        data["split_rows"] = [0.7, 0.15, 0.15]
         split_note = (
-            f"bands of rows of each scene (fewer than 3 scenes); a {patch}-row guard gap "
-            "between bands is used by no split"
+            "whole scenes: the last ones are held out (check they are not neighbours); "
+            f"patch_size {patch}: at most half the smallest scene side ({smallest} px)"
         )
+    else:
+        patch, data["split_rows"], split_note = _row_split(heights, widths)
+    data |= {"patch_size": patch, "batch_size": 8, "train_patches": 256, "stats_patches": 32}
     config = {
         "seed": 0,
         "output_dir": f"runs/{root.resolve().name}",
@@ -214,28 +367,40 @@ def starter_config(root: str | Path) -> str:
         },
         "train": {"epochs": 20, "lr": 0.003, "class_weights": "auto", "device": "auto"},
     }
-    share_text = ", ".join(f"{c}: {100 * s:.1f}%" for c, s in shares.items())
+    share_text = ", ".join(
+        f"{c}: {100 * s:.1f}%" + (" (nodata)" if c == found.nodata else "")
+        for c, s in shares.items()
+    )
     header = [
         f"# Starter config written by `gopt-geo init-config {root}`: edit, then",
         "#   gopt-geo train --config THIS_FILE",
-        f"# Scenes: {len(names)} ({crs}, {res:g} units/pixel, smallest side {smallest} px)",
-        f"# Optical: {len(opt.names)} band(s) {opt.names} ({opt.dtype}); "
+        "# Each line below is a guess from the files; check it before a long run.",
+        f"# Scenes: {len(names)} ({crs}, {pixel}; smallest side {smallest} px)",
+        f"# optical_bands: {len(opt.names)} band(s) in the files {opt.names} ({opt.dtype}); "
         + (
-            "selected by their descriptions"
+            "R, G, B (and NIR) selected by their descriptions"
             if opt.described
             else "no band descriptions: the order R, G, B[, NIR] is a guess, check it"
         ),
-        f"# SAR: {sar_bands.names} ({sar_bands.dtype}); units guessed: {units_why}",
-        f"# Label codes and pixel shares: {share_text}"
-        + (f"; nodata {label_nodata}" if label_nodata is not None else ""),
-        f"# Ignored codes (never trained on or scored): {ignore or 'none'}; class names "
-        + ("from the label rasters" if code_names else "are placeholders: rename them"),
-        f"# Split: {split_note}",
-        "# Loss: class_weights auto weighs each class by 1/sqrt(its share of the training "
-        "pixels), so rare classes (often the thin ones: rivers, roads) are not traded away",
-        "",
+        f"# optical_scale / optical_offset: {scale_why}",
+        f"# sar_units: {sar_bands.names} ({sar_bands.dtype}) {units}: {units_why}",
+        f"# Label codes, share of all label pixels: {share_text} ({found.dtype})",
+        "# ignore_codes (never trained on or scored): "
+        + ("; ".join(ignore_why) if ignore_why else "none"),
+        "# classes: every other code; names "
+        + ("from the label rasters" if found.names else "are placeholders: rename them"),
+        f"# patch_size and split: {split_note}",
+        "# class_weights auto: each class weighs 1/sqrt(its share of the training pixels), "
+        "so rare classes (often the thin ones: rivers, roads) are not traded away",
     ]
-    return "\n".join(header) + yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+    wrapped = [
+        part
+        for line in header
+        for part in (textwrap.wrap(line, 96, subsequent_indent="#     ") or [line])
+    ]
+    return (
+        "\n".join(wrapped) + "\n" + yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+    )
 
 
 def write_starter_config(root: str | Path, output: str | Path, overwrite: bool = False) -> Path:

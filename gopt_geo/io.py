@@ -9,18 +9,23 @@ that names the file. Nothing here imports torch, so light commands stay light.
 
 from __future__ import annotations
 
+import errno
 import html
 import json
 import math
 import os
 import re
+import sqlite3
+import threading
+import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import rasterio
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.vrt import WarpedVRT
@@ -48,8 +53,15 @@ def temporary_name(final: Path) -> Path:
 
 
 def remove_quietly(path: Path) -> None:
-    """Delete a file and the sidecars GDAL may have written beside it, if they exist."""
-    for p in (Path(path), Path(f"{path}.aux.xml"), Path(f"{path}.ovr")):
+    """Delete a file and the sidecars GDAL may have written beside it, if they exist.
+
+    A partial file is removed when its writing failed; if its disk is full at that moment
+    this is noted (:func:`note_if_disk_full`), since removing it frees the space that
+    would show it and the writer's own error rarely says so."""
+    path = Path(path)
+    if path.exists():
+        note_if_disk_full(path.parent)
+    for p in (path, Path(f"{path}.aux.xml"), Path(f"{path}.ovr")):
         p.unlink(missing_ok=True)
 
 
@@ -58,15 +70,140 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path to write ``final`` to; rename it into place on success.
 
     On any error (or an interruption) the temporary file is removed and ``final`` is
-    left as it was.
+    left as it was; a full disk is one :class:`InputError` naming the folder
+    (:func:`disk_errors`).
     """
     final = Path(final)
     tmp = temporary_name(final)
     try:
-        yield tmp
-        os.replace(tmp, final)
+        with disk_errors(final.parent):
+            yield tmp
+            os.replace(tmp, final)
     finally:
         remove_quietly(tmp)
+
+
+# -- full disks ----------------------------------------------------------------------------
+
+#: Free space (bytes) under which a folder's file system counts as full when a write has
+#: just failed: a write fails with ENOSPC once less than one block is left.
+FULL_DISK_BYTES = 1 << 20
+#: How the writers we use say "disk full" when they do not pass ENOSPC on: GDAL, SQLite
+#: (GeoPackage, through pyogrio or sqlite3), GDAL's GeoPackage driver on commit, Windows.
+FULL_DISK_PHRASES = (
+    "no space left on device",
+    "database or disk is full",
+    "failed to commit transaction",
+    "disk quota exceeded",
+    "not enough space on the disk",
+)
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+#: Failures that say what they are, whatever the free space.
+_OTHER_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EEXIST}
+#: (time, folder) of partial files removed while their disk was full (remove_quietly).
+_full_seen: list[tuple[float, Path]] = []
+_full_lock = threading.Lock()
+
+
+def free_bytes(folder: str | os.PathLike[str]) -> int | None:
+    """Bytes this process may still write under ``folder`` (root: the blocks reserved for
+    it too); None when the folder's file system cannot tell."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+    return blocks * st.f_frsize
+
+
+def disk_is_full(folder: str | os.PathLike[str]) -> bool:
+    """True when less than :data:`FULL_DISK_BYTES` can be written under ``folder``."""
+    free = free_bytes(folder)
+    return free is not None and free < FULL_DISK_BYTES
+
+
+def note_if_disk_full(folder: Path) -> None:
+    """Remember that ``folder``'s disk was full just now (before a partial file there is
+    removed), for :func:`disk_errors` to recognise a writer's vague error."""
+    if disk_is_full(folder):
+        with _full_lock:
+            _full_seen.append((time.monotonic(), folder.absolute()))
+            del _full_seen[:-64]
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _says_disk_full(err: BaseException) -> bool:
+    for e in _chain(err):
+        if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+            return True
+        text = str(e).lower()
+        if any(p in text for p in FULL_DISK_PHRASES):
+            return True
+    return False
+
+
+def _full_since(start: float, folder: Path) -> bool:
+    folder = folder.absolute()
+    with _full_lock:
+        return any(
+            t >= start and (seen == folder or folder in seen.parents) for t, seen in _full_seen
+        )
+
+
+#: What a failed write raises: OSError (rasterio's I/O errors are OSErrors), GDAL's own
+#: errors as rasterio passes them on (CPLE_*), RuntimeError (torch's writer, pyogrio's),
+#: SQLite's errors.
+_WRITE_ERRORS = (
+    OSError,
+    CPLE_BaseError,
+    rasterio.errors.RasterioError,
+    RuntimeError,
+    sqlite3.Error,
+)
+
+
+def is_full_disk_error(err: BaseException, folder: str | os.PathLike[str], since: float) -> bool:
+    """Whether ``err``, raised while writing under ``folder`` since ``since``
+    (``time.monotonic()``), comes from a full disk: ENOSPC/EDQUOT anywhere in its chain,
+    a writer's words for it (:data:`FULL_DISK_PHRASES`), or, for a failed write that does
+    not say why (torch's ``unexpected pos``, GDAL's ``Write failed``), the disk found full
+    now or when a partial file was removed since ``since``."""
+    if not isinstance(err, _WRITE_ERRORS):
+        return False
+    if _says_disk_full(err):
+        return True
+    if isinstance(err, OSError) and err.errno in _OTHER_ERRNOS:
+        return False
+    folder = Path(folder)
+    return disk_is_full(folder) or _full_since(since, folder)
+
+
+@contextmanager
+def disk_errors(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a full disk while writing under ``folder`` into one :class:`InputError`:
+    ``FOLDER: no space left on device (the writer's reason)``.
+
+    Wrap whole commands that write (``predict``, ``predict-many``, ``train``): whatever
+    writer failed (GDAL, pyogrio, SQLite, torch), the user learns the disk is full and
+    which folder, not a driver's traceback. Other errors pass unchanged.
+    """
+    start = time.monotonic()
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as err:
+        if not is_full_disk_error(err, folder, start):
+            raise
+        raise InputError(f"{folder}: no space left on device ({rasterio_reason(err)})") from None
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
@@ -183,11 +320,30 @@ def linear_unit_factor(crs: CRS | None) -> float:
 # -- reading -------------------------------------------------------------------------------
 
 
+#: What rasterio says when GDAL's reason is in the chained exception, not in its own text.
+_SEE_PREVIOUS = "see previous exception"
+
+
 def rasterio_reason(err: BaseException) -> str:
-    """GDAL's own one-line reason for a rasterio error (rasterio chains it as the cause)."""
-    cause = err.__cause__ or err
-    text = str(cause).strip() or str(err).strip()
+    """GDAL's own one-line reason for a rasterio error: rasterio chains it as the cause
+    and says only "Read failed. See previous exception for details." itself."""
+    for e in _chain(err):
+        text = str(e).strip()
+        if text and _SEE_PREVIOUS not in text.lower():
+            return text.splitlines()[0]
+    text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+@contextmanager
+def reading(name: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a failed read of pixels inside the block (a truncated or corrupt file, a
+    server gone) into one :class:`InputError` naming the file or URL (``name``, as
+    :func:`display_name` gives it) and GDAL's reason."""
+    try:
+        yield
+    except (rasterio.errors.RasterioError, CPLE_BaseError) as err:
+        raise InputError(f"{name}: cannot read pixels ({rasterio_reason(err)})") from None
 
 
 #: URL scheme -> the GDAL virtual file system that reads it (byte ranges, no download).
@@ -283,19 +439,55 @@ def raster_stem(path: str | os.PathLike[str]) -> str:
     return Path(text).stem
 
 
+def interruptible[T](fn: Callable[[], T]) -> T:
+    """``fn()``, run so that Ctrl-C and SIGTERM stop the caller while ``fn`` waits on the
+    network: in a daemon thread, the main thread waiting on it.
+
+    A GDAL call that waits on a stalled server holds the main thread in C, and the
+    signal's KeyboardInterrupt, raised inside rasterio's logging callback when GDAL
+    reports a retry, is swallowed there ("Exception ignored in rasterio._env.log_error"):
+    the run goes on for minutes. A waiting main thread takes the signal at once; the
+    abandoned thread ends with the process (a daemon thread is not waited for). Outside
+    the main thread (a Dask worker's task thread), ``fn`` simply runs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return fn()
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as err:  # handed to the caller, re-raised there
+            box["error"] = err
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="gopt-gdal-wait", daemon=True).start()
+    done.wait()  # lock waits are interrupted by signals in the main thread
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def open_raster(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
     """Open a raster, turning rasterio's errors into one line that names the file.
 
     A local path that does not exist is "file not found"; anything remote (see
     :func:`is_remote`) is handed to GDAL, which reads it by byte ranges, and a failure
-    names the URL with GDAL's reason (HTTP status, credentials, ...).
+    names the URL with GDAL's reason (HTTP status, credentials, ...). A remote open runs
+    :func:`interruptible`: Ctrl-C stops a run waiting on a stalled server.
     """
     if is_remote(path):
         label = display_name(path)
         apply_http_defaults()
-        try:
+
+        def remote() -> rasterio.DatasetReader:
             with rasterio.Env(**REMOTE_GDAL_OPTIONS):
                 return rasterio.open(gdal_path(path))
+
+        try:
+            return interruptible(remote)
         except rasterio.errors.RasterioIOError as err:
             raise InputError(f"{label}: cannot open ({rasterio_reason(err)})") from None
     path = gdal_path(path)
@@ -304,7 +496,7 @@ def open_raster(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
     try:
         return rasterio.open(path)
     except rasterio.errors.RasterioIOError as err:
-        raise InputError(f"{path}: not a readable raster ({str(err).splitlines()[0]})") from None
+        raise InputError(f"{path}: not a readable raster ({rasterio_reason(err)})") from None
 
 
 def apply_http_defaults() -> None:

@@ -7,11 +7,18 @@ before the first write. Lightning's checkpoints are written under a temporary na
 renamed, and read back with torch's weights-only unpickler only
 (:func:`gopt_geo.checkpoint.load_training_checkpoint`): run folders are copied and shared
 like data, and opening one must never run code.
+
+The adapter and the checkpoint of one epoch go together: the adapter an epoch exports is
+staged (:meth:`AtomicCheckpointIO.stage`) and renamed into place only once that epoch's
+``last.ckpt`` is saved, so a run that fails in between (a full disk, an interruption)
+leaves the previous adapter beside the previous checkpoint, never an adapter that no
+checkpoint can resume from.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,7 +28,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from .checkpoint import load_training_checkpoint
 from .errors import InputError
-from .io import atomic_path, ensure_output_dir
+from .io import atomic_path, ensure_output_dir, remove_quietly, temporary_name
 from .models import ModelConfig
 
 
@@ -136,12 +143,50 @@ def finished(ckpt: dict[str, Any], epochs: int, max_steps: int) -> bool:
     return int(ckpt["epoch"]) + 1 >= epochs
 
 
+#: The checkpoint a run resumes from; files staged beside it are committed once it is saved.
+RESUME_CHECKPOINT = "last.ckpt"
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoints written under a temporary name and renamed when complete,
     so an interruption while saving never leaves a truncated ``last.ckpt``; and read
     back with torch's weights-only unpickler, whatever Lightning asks for (its resume
     path, ``fit(ckpt_path=...)``, loads through here), so a crafted checkpoint cannot
-    run code."""
+    run code.
+
+    Files that must not get ahead of the checkpoint (the adapter) are written to
+    :meth:`stage`'s temporary name and committed when the next :data:`RESUME_CHECKPOINT`
+    is saved; a failed save (a full disk is one line naming the folder,
+    :func:`gopt_geo.io.disk_errors`) discards them, so the previous file stays.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._staged: dict[Path, Path] = {}  # final -> temporary
+
+    def stage(self, final: str | os.PathLike[str]) -> Path:
+        """A temporary path to write ``final`` to; it becomes ``final`` once the next
+        resume checkpoint is saved (:meth:`commit_staged`). Staging ``final`` again
+        replaces the earlier staged file."""
+        final = Path(final)
+        if final in self._staged:
+            remove_quietly(self._staged[final])
+        tmp = temporary_name(final)
+        self._staged[final] = tmp
+        return tmp
+
+    def commit_staged(self) -> None:
+        """Rename every staged file that was written into place."""
+        staged, self._staged = self._staged, {}
+        for final, tmp in staged.items():
+            if tmp.exists():
+                os.replace(tmp, final)
+
+    def discard_staged(self) -> None:
+        """Remove every staged file: the files they would replace stay as they were."""
+        staged, self._staged = self._staged, {}
+        for tmp in staged.values():
+            remove_quietly(tmp)
 
     def load_checkpoint(
         self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
@@ -152,6 +197,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
         final = Path(path)
-        ensure_output_dir(final.parent)
-        with atomic_path(final) as tmp:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
+        try:
+            ensure_output_dir(final.parent)
+            with atomic_path(final) as tmp:  # a full disk: one line naming the folder
+                super().save_checkpoint(checkpoint, tmp, storage_options)
+        except BaseException:
+            self.discard_staged()
+            raise
+        if final.name == RESUME_CHECKPOINT:
+            self.commit_staged()

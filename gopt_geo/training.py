@@ -55,6 +55,7 @@ from .data.classes import IGNORE_INDEX, ClassScheme
 from .errors import InputError
 from .evaluation import Metrics, confusion_matrix, metrics_from_confusion
 from .io import (
+    disk_errors,
     ensure_output_dir,
     finite_or_none,
     resolve_device,
@@ -63,6 +64,7 @@ from .io import (
 )
 from .models import ModelConfig, build_model
 from .run_folder import (
+    RESUME_CHECKPOINT,
     AtomicCheckpointIO,
     check_output,
     check_resume_matches,
@@ -302,36 +304,101 @@ class GoPTTask(BaseTask):
 class AdapterExport(Callback):
     """Writes the adapter file whenever the validation mIoU improves.
 
-    The best score so far is part of the checkpoint (``state_dict``), so a resumed run
-    replaces the adapter only with a better epoch than any before the interruption.
+    It keeps the scores of the epoch it wrote (:attr:`best`: ``val``, ``epoch``,
+    ``step``) and of the last validated epoch (:attr:`last`), so that what a run reports
+    as the adapter's scores are the adapter's, and the last epoch's are labelled as such.
+    Both are part of the checkpoint (``state_dict``): a resumed run replaces the adapter
+    only with a better epoch than any before the interruption, and reports the same.
     """
 
-    def __init__(self, path: Path, metadata: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        metadata: dict[str, Any],
+        checkpoint_io: AtomicCheckpointIO | None = None,
+    ) -> None:
         self.path = path
         self.metadata = metadata
-        self.best = -float("inf")
+        # with it, the adapter is staged and renamed into place only once the checkpoint
+        # of the same epoch is saved: a full disk never leaves an adapter ahead of it
+        self.checkpoint_io = checkpoint_io
+        self.best_score = -float("inf")
+        self.best: dict[str, Any] = {}
+        self.last: dict[str, Any] = {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best}
+        return {"best": self.best_score, "best_metrics": self.best, "last_metrics": self.last}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best = float(state_dict.get("best", -float("inf")))
+        self.best_score = float(state_dict.get("best", -float("inf")))
+        self.best = dict(state_dict.get("best_metrics") or {})
+        self.last = dict(state_dict.get("last_metrics") or {})
 
     def on_validation_end(self, trainer: pl.Trainer, task: GoPTTask) -> None:
         if trainer.sanity_checking or "val" not in getattr(task, "last_metrics", {}):
             return
         m: Metrics = task.last_metrics["val"]
-        score = m.miou if np.isfinite(m.miou) else -1.0
-        if score <= self.best or trainer.global_rank != 0:
-            return
-        self.best = score
-        meta = dict(self.metadata)
-        meta["metrics"] = {
+        scores = {
             "val": finite_or_none(m.to_dict()),
             "epoch": trainer.current_epoch,
             "step": trainer.global_step,
         }
-        save_adapter(self.path, task.model, meta)
+        self.last = scores
+        score = m.miou if np.isfinite(m.miou) else -1.0
+        if score <= self.best_score:
+            return
+        self.best_score = score
+        self.best = scores
+        if trainer.global_rank != 0:
+            return
+        meta = dict(self.metadata)
+        meta["metrics"] = dict(scores)
+        target = self.checkpoint_io.stage(self.path) if self.checkpoint_io else self.path
+        save_adapter(target, task.model, meta)
+
+    def on_exception(self, trainer: pl.Trainer, task: GoPTTask, exception: BaseException) -> None:
+        if self.checkpoint_io:
+            self.checkpoint_io.discard_staged()
+
+    def on_fit_end(self, trainer: pl.Trainer, task: GoPTTask) -> None:
+        if self.checkpoint_io:
+            self.checkpoint_io.commit_staged()
+
+    def summary(self) -> dict[str, Any]:
+        """The run's scores: the adapter's epoch (``val``, ``epoch``, ``step``) and the
+        last validated epoch (``last_val``, ``last_epoch``); empty before any validation."""
+        out: dict[str, Any] = dict(self.best)
+        if self.last:
+            out["last_val"] = self.last["val"]
+            out["last_epoch"] = self.last["epoch"]
+        return out
+
+
+def record_last_epoch(adapter: Path, scores: dict[str, Any]) -> None:
+    """Add the last epoch's scores (``last_val``, ``last_epoch``) to an adapter's metrics.
+
+    The adapter holds the best epoch's tensors and scores; the last epoch is known only
+    when training ends, after the file was written. Its tensors are copied unchanged
+    into a new file with the completed metadata (written under a temporary name)."""
+    import json
+
+    import safetensors
+    import safetensors.torch
+
+    from .adapter import METADATA_KEY
+    from .io import atomic_path
+
+    with safetensors.safe_open(str(adapter), framework="pt") as f:
+        header = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    document = json.loads(header[METADATA_KEY])
+    metrics = dict(document.get("metrics") or {})
+    metrics["last_val"] = scores["last_val"]
+    metrics["last_epoch"] = scores["last_epoch"]
+    document["metrics"] = metrics
+    header[METADATA_KEY] = json.dumps(document)
+    with atomic_path(adapter) as tmp:
+        safetensors.torch.save_file(tensors, str(tmp), metadata=header)
 
 
 class StepSeeds(Callback):
@@ -360,6 +427,8 @@ class TrainResult:
     adapter: Path | None
     best_checkpoint: Path | None
     last_checkpoint: Path | None
+    #: the adapter's epoch: ``val`` (Metrics.to_dict), ``epoch``, ``step``; the last
+    #: validated epoch: ``last_val``, ``last_epoch`` (also in metrics.json and the adapter)
     metrics: dict[str, Any]
     parameters: str
     seconds: float
@@ -486,7 +555,8 @@ def train(
             "gopt_geo_version": __version__,
         },
     }
-    export = AdapterExport(adapter_path, metadata)
+    checkpoint_io = AtomicCheckpointIO()
+    export = AdapterExport(adapter_path, metadata, checkpoint_io)
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=cfg.train.devices,
@@ -497,14 +567,22 @@ def train(
         max_steps=cfg.train.max_steps,
         logger=loggers_for(out, int(ckpt["epoch"]) if ckpt is not None else None),
         callbacks=[
+            ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_miou", mode="max"),
+            # last.ckpt after every validated epoch: Lightning's save_last saves it only in
+            # an epoch that also saved a top-k checkpoint (2.6), so after an epoch that did
+            # not improve, --resume would restart from an older epoch
             ModelCheckpoint(
-                dirpath=ckpt_dir, filename="best", monitor="val_miou", mode="max", save_last=True
+                dirpath=ckpt_dir,
+                filename=Path(RESUME_CHECKPOINT).stem,
+                monitor=None,
+                save_top_k=1,
+                enable_version_counter=False,
             ),
             export,
             StepSeeds(cfg.seed),
             *callbacks,
         ],
-        plugins=[AtomicCheckpointIO()],
+        plugins=[checkpoint_io],
         log_every_n_steps=cfg.train.log_every_n_steps,
         enable_progress_bar=cfg.train.progress,
         enable_model_summary=False,
@@ -516,7 +594,10 @@ def train(
     main_thread = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
-        trainer.fit(task, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True)
+        with disk_errors(out):  # a full disk: one line naming the folder
+            trainer.fit(
+                task, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True
+            )
     except SystemExit:
         # Lightning answers Ctrl-C with a graceful stop and sys.exit(1); an interruption
         # it is, and the CLI reports it as one (exit 130) instead of a silent status
@@ -529,9 +610,12 @@ def train(
         if main_thread and sigint is not None:
             signal.signal(signal.SIGINT, sigint)
     seconds = time.perf_counter() - start
-    metrics = {k: v.to_dict() for k, v in getattr(task, "last_metrics", {}).items()}
+    # the adapter's epoch (val, epoch, step) and the last one (last_val, last_epoch)
+    metrics = export.summary()
     if metrics and primary:
         write_text_atomic(out / "metrics.json", strict_json(metrics))
+        if adapter_path.exists() and "last_val" in metrics:
+            record_last_epoch(adapter_path, metrics)
     best = (
         Path(trainer.checkpoint_callback.best_model_path) if trainer.checkpoint_callback else None
     )

@@ -1,7 +1,12 @@
-"""Shared test helpers: tiny georeferenced rasters written on the fly.
+"""Shared test helpers: tiny georeferenced rasters written on the fly, random-init
+adapters, CLI argument lists and raster reads, so that no test module keeps its own copy.
 
 Tests keep torch to one thread: the suite runs on 2 shared cores, and tiny models gain
-nothing from more.
+nothing from more. Tests that start subprocesses, Dask clusters, DDP or the demo are
+marked ``slow`` (``./run test -m "not slow"`` is the quick loop; ``./run test`` runs all).
+
+Fixture names here are not reused by test modules (a module fixture of the same name
+would shadow the shared one): a module that needs another scene or adapter names its own.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import io
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -24,7 +31,8 @@ from rasterio.transform import from_origin
 from rasterio.warp import calculate_default_transform, reproject
 
 from gopt_geo.data.bands import BandRouting
-from gopt_geo.data.synthetic import OPTICAL_BANDS, SAR_BANDS
+from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES, ClassScheme
+from gopt_geo.data.synthetic import OPTICAL_BANDS, SAR_BANDS, SceneFiles
 
 torch.set_num_threads(1)
 
@@ -39,6 +47,116 @@ SYNTH_ROUTING = BandRouting(
     mean={"B": 600, "G": 800, "R": 700, "NIR": 2500, "VV": -10.0, "VH": -17.0},
     std={"B": 300, "G": 300, "R": 350, "NIR": 900, "VV": 6.0, "VH": 6.0},
 )
+
+#: The same bands with rounder statistics: the routing of the shared ``adapter`` fixture
+#: and of the adapters that the CLI, fault and many-scene tests compare with it (kept, so
+#: that their maps stay what they were).
+ADAPTER_ROUTING = BandRouting(
+    OPTICAL_BANDS,
+    SAR_BANDS,
+    mean={"B": 800.0, "G": 900.0, "R": 900.0, "NIR": 2500.0, "VV": -12.0, "VH": -18.0},
+    std={"B": 400.0, "G": 400.0, "R": 400.0, "NIR": 1000.0, "VV": 4.0, "VH": 4.0},
+)
+
+#: Options of every CLI ``predict`` in the tests: one small window, no progress bar.
+QUICK_PREDICT = ("--window", "64", "--no-progress")
+
+
+def make_adapter(
+    path: Path,
+    *,
+    variant: str = "gopt",
+    backbone: str = "test_efficientnet",
+    routing: BandRouting = SYNTH_ROUTING,
+    classes: ClassScheme = WHU_OPT_SAR_CLASSES,
+    seed: int | None = None,
+    weights: str = "random",
+    **config: Any,
+) -> Path:
+    """A random-init adapter file for ``routing`` and ``classes`` (what predict loads).
+
+    ``seed`` fixes the prompters' and head's random init (two seeds: two adapters that map
+    differently); None leaves torch's generator as it is. Further keywords go to
+    ``ModelConfig``.
+    """
+    from gopt_geo.checkpoint import save_adapter
+    from gopt_geo.models import ModelConfig, RandomBackboneWarning, build_model
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    cfg = ModelConfig(
+        variant=variant,
+        backbone=backbone,
+        weights=weights,
+        num_classes=classes.num_classes,
+        aux_channels=routing.num_aux,
+        **config,
+    )
+    with warnings.catch_warnings():  # a random backbone is what a test adapter is for
+        warnings.simplefilter("ignore", RandomBackboneWarning)
+        model = build_model(cfg)
+    meta = {"routing": routing.to_dict(), "classes": classes.to_dict()}
+    return save_adapter(path, model, meta)
+
+
+def predict_args(
+    scene: SceneFiles | str | Path, adapter: Path, out: Path, *extra: str
+) -> list[str]:
+    """The argument list of ``gopt-geo predict``: a scene's files (or a scene given by
+    one name: a URL, a STAC item), an adapter, an output folder, ``QUICK_PREDICT``, then
+    ``extra`` (a later option of the same name wins)."""
+    if isinstance(scene, SceneFiles):
+        inputs = [str(scene.optical), "--sar", str(scene.sar)]
+    else:
+        inputs = [str(scene)]
+    return ["predict", *inputs, "--model", str(adapter), "-o", str(out), *QUICK_PREDICT, *extra]
+
+
+class Raster(NamedTuple):
+    """What a test compares of a raster file."""
+
+    data: np.ndarray  # [C, H, W], or [H, W] when one band was asked for
+    profile: dict[str, Any]  # rasterio's profile: driver, dtype, crs, transform, nodata, ...
+    tags: dict[str, str]  # the dataset's tags
+    band_tags: dict[str, str]  # the first band's tags
+
+
+def read_raster(path: Path | str, band: int | None = None) -> Raster:
+    """A raster's pixels (every band, or ``band``), profile and tags, in one read."""
+    with rasterio.open(path) as src:
+        data = src.read() if band is None else src.read(band)
+        return Raster(data, dict(src.profile), src.tags(), src.tags(1))
+
+
+def read_pixels(path: Path | str, band: int | None = None) -> np.ndarray:
+    """A raster's pixels: [C, H, W], or [H, W] for one ``band``."""
+    return read_raster(path, band).data
+
+
+def sar_on_optical_grid(files: SceneFiles, nodata_as_nan: bool = True) -> np.ndarray:
+    """A synthetic scene's SAR warped (bilinear) onto its optical grid, as every consumer
+    must read it: float64 [C, H, W]; outside the SAR NaN, or ``SAR_NODATA`` if not
+    ``nodata_as_nan``."""
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    from gopt_geo.data.synthetic import SAR_NODATA
+
+    with rasterio.open(files.optical) as opt, rasterio.open(files.sar) as sar:
+        with WarpedVRT(
+            sar,
+            crs=opt.crs,
+            transform=opt.transform,
+            width=opt.width,
+            height=opt.height,
+            resampling=Resampling.bilinear,
+            src_nodata=SAR_NODATA,
+            nodata=SAR_NODATA,
+        ) as vrt:
+            data = vrt.read().astype(np.float64)
+    if nodata_as_nan:
+        data[data == SAR_NODATA] = np.nan
+    return data
 
 
 def write_raster(
@@ -123,45 +241,55 @@ def write_scene(
     }
 
 
+def write_scenes(
+    root: Path, names: Sequence[str] = ("scene_0", "scene_1", "scene_2"), **kw: Any
+) -> Path:
+    """Scenes side by side, 5 km apart (disjoint at any size up to 500 px), scene i with
+    seed i; further keywords go to :func:`write_scene`. Returns ``root``."""
+    for i, name in enumerate(names):
+        write_scene(root, name, origin=(500_000 + 5_000 * i, 3_400_000), seed=i, **kw)
+    return root
+
+
 @pytest.fixture
 def scene_root(tmp_path: Path) -> Path:
     """Three disjoint 64x64 scenes: enough for a train/val/test split by scene."""
-    for i in range(3):
-        write_scene(tmp_path, f"scene_{i}", origin=(500_000 + 5_000 * i, 3_400_000), seed=i)
+    return write_scenes(tmp_path)
+
+
+@pytest.fixture
+def holed_scenes(tmp_path: Path) -> Path:
+    """Three disjoint 64x64 scenes s0, s1, s2; s0 has optical nodata rows and a SAR
+    nodata block inside the SAR's footprint."""
+    write_scenes(tmp_path, ("s0", "s1", "s2"))
+    with rasterio.open(tmp_path / "optical" / "s0.tif", "r+") as dst:
+        data = dst.read()
+        data[:, :10] = 0  # optical nodata
+        dst.write(data)
+    with rasterio.open(tmp_path / "sar" / "s0.tif", "r+") as dst:
+        data = dst.read()
+        data[:, 30:40, 10:20] = dst.nodata  # SAR nodata inside its footprint
+        dst.write(data)
     return tmp_path
 
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three disjoint 96x96 scenes for training runs (one per split)."""
-    root = tmp_path_factory.mktemp("scenes")
-    for i in range(3):
-        write_scene(root, f"scene_{i}", size=96, origin=(500_000 + 5_000 * i, 3_400_000), seed=i)
-    return root
+    return write_scenes(tmp_path_factory.mktemp("scenes"), size=96)
 
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-init test_efficientnet GoPT adapter with plausible statistics (WHU classes)."""
-    from gopt_geo.checkpoint import save_adapter
-    from gopt_geo.data.bands import BandRouting
-    from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
-    from gopt_geo.models import ModelConfig, build_model
-
-    model = build_model(ModelConfig(backbone="test_efficientnet", weights="random"))
-    stats = {"B": 800.0, "G": 900.0, "R": 900.0, "NIR": 2500.0, "VV": -12.0, "VH": -18.0}
-    spread = {"B": 400.0, "G": 400.0, "R": 400.0, "NIR": 1000.0, "VV": 4.0, "VH": 4.0}
-    routing = BandRouting(("B", "G", "R", "NIR"), ("VV", "VH"), mean=stats, std=spread)
+    """A random-init test_efficientnet GoPT adapter (seed 0, ``ADAPTER_ROUTING``, WHU
+    classes)."""
     path = tmp_path_factory.mktemp("model") / "adapter.safetensors"
-    save_adapter(
-        path, model, {"routing": routing.to_dict(), "classes": WHU_OPT_SAR_CLASSES.to_dict()}
-    )
-    return path
+    return make_adapter(path, routing=ADAPTER_ROUTING, seed=0)
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory):
-    """One 96x96 synthetic scene (optical, SAR, labels, clouds)."""
+def scene(tmp_path_factory: pytest.TempPathFactory) -> SceneFiles:
+    """One 96x96 synthetic scene "tile" (optical, SAR, labels, clouds)."""
     from gopt_geo.data.synthetic import make_scene
 
     return make_scene(tmp_path_factory.mktemp("scene"), "tile", size=96, seed=3)

@@ -331,6 +331,7 @@ def imported_heavy_modules(code: str) -> list[str]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_describing_an_adapter_imports_neither_torch_nor_timm(tmp_path):
     path = save_adapter(tmp_path / "model.safetensors", trained_like(), metadata())
     code = (
@@ -341,6 +342,7 @@ def test_describing_an_adapter_imports_neither_torch_nor_timm(tmp_path):
     assert imported_heavy_modules(code) == []
 
 
+@pytest.mark.slow
 def test_info_command_imports_neither_torch_nor_timm(tmp_path):
     path = save_adapter(tmp_path / "model.safetensors", trained_like(), metadata())
     code = (

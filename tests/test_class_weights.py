@@ -90,7 +90,7 @@ def test_a_run_trains_with_the_auto_weights_of_its_training_labels(
 
 
 def test_class_pixels_leave_out_ignored_pixels(tmp_path: Path) -> None:
-    from conftest import write_scene
+    from conftest import write_scenes
     from torchgeo.samplers import RandomPatchSampler
 
     from gopt_geo.data.classes import IGNORE_INDEX
@@ -98,8 +98,7 @@ def test_class_pixels_leave_out_ignored_pixels(tmp_path: Path) -> None:
 
     labels = np.zeros((64, 64), dtype=np.uint8)  # code 0: background, ignored
     labels[:, 40:] = 40  # water, a quarter-ish of every scene
-    for i in range(3):
-        write_scene(tmp_path, f"s{i}", origin=(500_000 + 5_000 * i, 3_400_000), labels=labels)
+    write_scenes(tmp_path, ("s0", "s1", "s2"), labels=labels)
     dm = OpticalSarDataModule(
         tmp_path, classes=WHU_OPT_SAR_CLASSES, patch_size=32, length=4, stats_patches=6, seed=3
     )

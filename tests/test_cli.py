@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import geopandas as gpd
 import numpy as np
 import rasterio
+from conftest import predict_args
 from typer.testing import CliRunner
 
 from gopt_geo.cli import app
@@ -49,21 +50,7 @@ def test_synth_writes_and_summarises(tmp_path: Path) -> None:
 
 def test_predict_vectorize_evaluate(adapter: Path, scene, tmp_path: Path) -> None:
     out = tmp_path / "maps"
-    args = [
-        "predict",
-        str(scene.optical),
-        "--sar",
-        str(scene.sar),
-        "--model",
-        str(adapter),
-        "-o",
-        str(out),
-        "--window",
-        "64",
-        "--no-progress",
-        "--device",
-        "cpu",
-    ]
+    args = predict_args(scene, adapter, out, "--device", "cpu")
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     class_map = out / "tile_classes.tif"
@@ -123,19 +110,8 @@ def test_evaluate_map_reference_on_another_grid(scene, tmp_path: Path) -> None:
 
 
 def test_bad_input_messages(adapter: Path, scene, tmp_path: Path) -> None:
-    res = runner.invoke(
-        app,
-        [
-            "predict",
-            str(tmp_path / "nope.tif"),
-            "--sar",
-            str(scene.sar),
-            "--model",
-            str(adapter),
-            "-o",
-            str(tmp_path),
-        ],
-    )
+    nope = tmp_path / "nope.tif"
+    res = runner.invoke(app, predict_args(nope, adapter, tmp_path, "--sar", str(scene.sar)))
     assert res.exit_code == 2 and "nope.tif: file not found" in res.output
     res = runner.invoke(app, ["info", str(tmp_path / "missing.safetensors")])
     assert res.exit_code == 2 and "missing.safetensors" in res.output
@@ -148,19 +124,9 @@ def test_predict_options_units_and_bad_values(tmp_path: Path) -> None:
         text = " ".join(help_text.replace("│", " ").split())  # rich boxes wrap lines
         assert "Simplification tolerance in metres" in text, command
         assert "(m²)" in text, command
-    res = runner.invoke(
-        app,
-        [
-            "predict",
-            str(tmp_path / "scene.tif"),
-            "--sar",
-            str(tmp_path / "sar.tif"),
-            "--model",
-            str(tmp_path / "adapter.safetensors"),
-            "--vector",
-            "shp",
-        ],
-    )  # refused before any file is opened
+    args = predict_args(tmp_path / "scene.tif", tmp_path / "adapter.safetensors", tmp_path)
+    res = runner.invoke(app, [*args, "--sar", str(tmp_path / "sar.tif"), "--vector", "shp"])
+    # refused before any file is opened
     assert res.exit_code == 2 and "unknown vector format 'shp'" in res.output
     assert "Traceback" not in res.output
 

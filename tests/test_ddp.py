@@ -17,6 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # two training processes
+
 SCRIPT = '''
 import json, os, sys
 from pathlib import Path

@@ -28,6 +28,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_demo_chain_runs_end_to_end(demo_dir: Path) -> None:
     """Every step ran and left its output; the report scores every model overall and in
     clouds. (Whether GoPT wins is an accuracy claim: benchmarks/demo.py measures it.)"""
@@ -51,6 +52,7 @@ def test_demo_refuses_foreign_folder(tmp_path: Path) -> None:
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_demo_trains_with_the_shipped_config(demo_dir: Path) -> None:
     """What the demo's GoPT run actually trained with (the config train() saved) is
     configs/demo.yaml, apart from the settings the demo sets per run."""
@@ -72,6 +74,7 @@ def test_demo_trains_with_the_shipped_config(demo_dir: Path) -> None:
     assert differ <= per_run, sorted(differ - per_run)
 
 
+@pytest.mark.slow
 def test_notebook_runs_on_demo_output(demo_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "executed.ipynb"
     papermill.execute_notebook(

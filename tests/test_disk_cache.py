@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
-from conftest import write_raster, write_scene
+from conftest import write_raster
 from test_scene_cache import (
     NAMES,
     _batches,
     assert_same,
+    dataset,
     patches,
-    scenes,
     torchgeo_sample,
 )
 from torchgeo.samplers import GriddedPatchSampler, RandomPatchSampler
@@ -44,22 +44,6 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     monkeypatch.setenv(CACHE_DIR_ENV, str(folder))
     monkeypatch.setenv(SCENE_CACHE_ENV, TINY_BUDGET)
     return folder
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    """Three disjoint 64x64 scenes; s0 has optical nodata rows and a SAR nodata block."""
-    for i, name in enumerate(NAMES):
-        write_scene(tmp_path, name, origin=(500_000 + 5_000 * i, 3_400_000), seed=i)
-    with rasterio.open(tmp_path / "optical" / "s0.tif", "r+") as dst:
-        data = dst.read()
-        data[:, :10] = 0
-        dst.write(data)
-    with rasterio.open(tmp_path / "sar" / "s0.tif", "r+") as dst:
-        data = dst.read()
-        data[:, 30:40, 10:20] = dst.nodata
-        dst.write(data)
-    return tmp_path
 
 
 @pytest.fixture
@@ -97,8 +81,10 @@ def mtimes(folder: Path) -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
 
-def test_disk_patches_equal_torchgeo_reads(root: Path, cache_dir: Path, thin_strips: None) -> None:
-    ds = scenes(root)
+def test_disk_patches_equal_torchgeo_reads(
+    holed_scenes: Path, cache_dir: Path, thin_strips: None
+) -> None:
+    ds = dataset(holed_scenes)
     cache = ds.build_scene_cache(threads=2)
     assert cache is not None and sorted(cache.names) == NAMES
     assert sorted(entries(cache_dir)) == NAMES
@@ -157,10 +143,10 @@ def test_narrow_scenes_are_stored_narrow(
 
 
 def test_inexact_narrow_dtype_falls_back_to_float32(
-    root: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+    holed_scenes: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(scenes_mod, "_narrow", lambda *args, **kw: np.dtype(np.uint8))
-    ds = scenes(root)
+    ds = dataset(holed_scenes)
     cache = ds.build_scene_cache()
     assert cache is not None and sorted(cache.names) == NAMES
     for scene in cache.scenes:  # SAR dB values do not fit uint8: stored as float32
@@ -172,28 +158,28 @@ def test_inexact_narrow_dtype_falls_back_to_float32(
 
 
 def test_reused_when_unchanged_rebuilt_when_a_source_changes(
-    root: Path, cache_dir: Path, writes: list[str]
+    holed_scenes: Path, cache_dir: Path, writes: list[str]
 ) -> None:
-    scenes(root).build_scene_cache()
+    dataset(holed_scenes).build_scene_cache()
     assert sorted(writes) == NAMES
     first = entries(cache_dir)
     stamps = mtimes(cache_dir)
 
     writes.clear()
-    ds = scenes(root)
+    ds = dataset(holed_scenes)
     assert ds.build_scene_cache() is not None
     assert writes == []  # nothing read again
     assert entries(cache_dir) == first and mtimes(cache_dir) == stamps
 
     # new labels for s1 (same size; mtime moved on explicitly, as a copy would)
-    path = root / "labels" / "s1.tif"
+    path = holed_scenes / "labels" / "s1.tif"
     with rasterio.open(path, "r+") as dst:
         data = dst.read()
         data[:, :16] = 70
         dst.write(data)
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
-    ds = scenes(root)
+    ds = dataset(holed_scenes)
     cache = ds.build_scene_cache()
     assert writes == ["s1"]
     now = entries(cache_dir)
@@ -206,10 +192,12 @@ def test_reused_when_unchanged_rebuilt_when_a_source_changes(
     assert cache.sample(s1) is not None
 
 
-def test_band_routing_is_part_of_the_key(root: Path, cache_dir: Path, writes: list[str]) -> None:
-    scenes(root).build_scene_cache()
+def test_band_routing_is_part_of_the_key(
+    holed_scenes: Path, cache_dir: Path, writes: list[str]
+) -> None:
+    dataset(holed_scenes).build_scene_cache()
     routing = BandRouting(("B", "G", "R"), ("VV", "VH"))
-    ds = scenes(root, routing=routing)
+    ds = dataset(holed_scenes, routing=routing)
     writes.clear()
     cache = ds.build_scene_cache()
     assert sorted(writes) == NAMES  # other bands: other entries, the first ones kept
@@ -220,15 +208,15 @@ def test_band_routing_is_part_of_the_key(root: Path, cache_dir: Path, writes: li
 
 
 def test_half_written_entries_are_never_used(
-    root: Path, cache_dir: Path, writes: list[str]
+    holed_scenes: Path, cache_dir: Path, writes: list[str]
 ) -> None:
-    scenes(root).build_scene_cache()
+    dataset(holed_scenes).build_scene_cache()
     folders = entries(cache_dir)
     (folders["s0"] / "meta.json").unlink()  # as if killed before the entry was whole
     image = folders["s1"] / "image.npy"
     image.write_bytes(image.read_bytes()[:1000])  # truncated
     writes.clear()
-    ds = scenes(root)
+    ds = dataset(holed_scenes)
     cache = ds.build_scene_cache()
     assert sorted(writes) == ["s0", "s1"]
     assert cache is not None and sorted(cache.names) == NAMES
@@ -236,9 +224,9 @@ def test_half_written_entries_are_never_used(
         assert_same(ds[index], torchgeo_sample(ds, index))
 
 
-def test_pickled_dataset_maps_the_same_files(root: Path, cache_dir: Path) -> None:
+def test_pickled_dataset_maps_the_same_files(holed_scenes: Path, cache_dir: Path) -> None:
     """What a spawned DataLoader worker receives: paths, not arrays."""
-    ds = scenes(root)
+    ds = dataset(holed_scenes)
     cache = ds.build_scene_cache()
     assert cache is not None
     scene = cache.scenes[0]
@@ -256,15 +244,15 @@ def test_pickled_dataset_maps_the_same_files(root: Path, cache_dir: Path) -> Non
 
 
 def test_datamodule_with_workers_serves_from_disk(
-    root: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+    holed_scenes: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Forked workers map the disk cache built in setup; batches equal torchgeo's."""
-    cached, dm = _batches(root, workers=2, n=3)
+    cached, dm = _batches(holed_scenes, workers=2, n=3)
     for ds in (dm.train_dataset, dm.val_dataset):
         assert ds.scene_cache is not None
         assert all(s.source is not None for s in ds.scene_cache.scenes)
     monkeypatch.setenv(SCENE_CACHE_ENV, "0")
-    plain, dm_plain = _batches(root, workers=0, n=3)
+    plain, dm_plain = _batches(holed_scenes, workers=0, n=3)
     assert dm_plain.train_dataset.scene_cache is None
     assert len(cached) == len(plain)
     for a, b in zip(cached, plain, strict=True):
@@ -282,19 +270,21 @@ def _build_in_child(root: str, folder: str, barrier: Any, results: Any) -> None:
         original(self, writer, p, leaves)
 
     OpticalSarScenes._write_scene = counted  # type: ignore[method-assign]
-    ds = scenes(Path(root))
+    ds = dataset(Path(root))
     barrier.wait(timeout=60)  # both processes start building together
     cache = ds.build_scene_cache(disk_dir=folder, threads=1)
     results.put((sorted(cache.names) if cache is not None else None, written))
 
 
-def test_two_processes_build_one_cache(root: Path, cache_dir: Path) -> None:
+def test_two_processes_build_one_cache(holed_scenes: Path, cache_dir: Path) -> None:
     """Two processes released together onto one empty cache (forked: a spawned one
     spends seconds importing torch; the locks and renames are the same)."""
     ctx = multiprocessing.get_context("fork")
     barrier, results = ctx.Barrier(2), ctx.Queue()
     procs = [
-        ctx.Process(target=_build_in_child, args=(str(root), str(cache_dir), barrier, results))
+        ctx.Process(
+            target=_build_in_child, args=(str(holed_scenes), str(cache_dir), barrier, results)
+        )
         for _ in range(2)
     ]
     for proc in procs:
@@ -308,7 +298,7 @@ def test_two_processes_build_one_cache(root: Path, cache_dir: Path) -> None:
     assert sorted(outcomes[0][1] + outcomes[1][1]) == NAMES
     assert sorted(entries(cache_dir)) == NAMES
     assert not [p for p in cache_dir.iterdir() if p.name.startswith(".build-")]
-    ds = scenes(root)
+    ds = dataset(holed_scenes)
     cache = ds.build_scene_cache()
     assert cache is not None
     for index in RandomPatchSampler(ds, size=16, length=10, generator=7):
@@ -347,11 +337,14 @@ def test_losing_the_rename_race_discards_the_copy(
 
 
 def test_scene_not_cached_when_the_disk_is_full(
-    root: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    holed_scenes: Path,
+    cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     usage = disk_cache.shutil.disk_usage(cache_dir)
     monkeypatch.setattr(disk_cache.shutil, "disk_usage", lambda path: usage._replace(free=1024))
-    ds = scenes(root)
+    ds = dataset(holed_scenes)
     assert ds.build_scene_cache() is None
     assert "read by torchgeo" in capsys.readouterr().err
     assert entries(cache_dir) == {}
@@ -360,7 +353,7 @@ def test_scene_not_cached_when_the_disk_is_full(
 
 
 def test_unusable_cache_folder_falls_back_to_torchgeo(
-    root: Path,
+    holed_scenes: Path,
     tmp_path_factory: pytest.TempPathFactory,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
@@ -368,7 +361,7 @@ def test_unusable_cache_folder_falls_back_to_torchgeo(
     monkeypatch.setenv(SCENE_CACHE_ENV, TINY_BUDGET)
     blocker = tmp_path_factory.mktemp("x") / "a-file"
     blocker.write_text("")
-    assert scenes(root).build_scene_cache(disk_dir=blocker / "cache") is None
+    assert dataset(holed_scenes).build_scene_cache(disk_dir=blocker / "cache") is None
     assert CACHE_DIR_ENV in capsys.readouterr().err
 
 
@@ -389,9 +382,9 @@ def test_cache_folder_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert resolve_cache_dir(None) is None
 
 
-def test_entry_meta_records_the_sources(root: Path, cache_dir: Path) -> None:
-    scenes(root).build_scene_cache()
+def test_entry_meta_records_the_sources(holed_scenes: Path, cache_dir: Path) -> None:
+    dataset(holed_scenes).build_scene_cache()
     meta = json.loads((entries(cache_dir)["s0"] / "meta.json").read_text())
     paths = sorted(s[0] for s in meta["sources"])
-    assert paths == sorted(str(root / d / "s0.tif") for d in ("optical", "sar", "labels"))
+    assert paths == sorted(str(holed_scenes / d / "s0.tif") for d in ("optical", "sar", "labels"))
     assert meta["shape"] == [6, 64, 64] and meta["mask"] is True

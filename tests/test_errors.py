@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from conftest import predict_args
 from typer.testing import CliRunner
 
 from gopt_geo.cli import app
@@ -25,31 +26,16 @@ def _fails(args: list[str], *expected: str) -> None:
         assert text in res.output, res.output
 
 
-def _predict(scene, adapter: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "predict",
-        str(scene.optical),
-        "--sar",
-        str(scene.sar),
-        "--model",
-        str(adapter),
-        "-o",
-        str(out),
-        "--window",
-        "64",
-        "--no-progress",
-        *extra,
-    ]
-
-
 def test_an_output_folder_that_cannot_be_written(scene, adapter: Path) -> None:
-    _fails(_predict(scene, adapter, Path("/sys")), "/sys: cannot write into the output folder")
-    _fails(_predict(scene, adapter, Path("/proc/nowhere/out")), "/proc/nowhere/out: cannot")
+    _fails(predict_args(scene, adapter, Path("/sys")), "/sys: cannot write into the output folder")
+    _fails(predict_args(scene, adapter, Path("/proc/nowhere/out")), "/proc/nowhere/out: cannot")
 
 
 @pytest.mark.skipif(HAS_GPU, reason="checks the message on a machine without a GPU")
 def test_a_gpu_asked_for_where_there_is_none(scene, adapter: Path, tmp_path: Path) -> None:
-    _fails(_predict(scene, adapter, tmp_path, "--device", "cuda"), "--device 'cuda': no CUDA GPU")
+    _fails(
+        predict_args(scene, adapter, tmp_path, "--device", "cuda"), "--device 'cuda': no CUDA GPU"
+    )
     cfg = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
     _fails(
         ["train", "-c", str(cfg), "--device", "cuda", "--set", f"output_dir={tmp_path}/r"],
@@ -63,26 +49,25 @@ def test_a_gpu_asked_for_where_there_is_none(scene, adapter: Path, tmp_path: Pat
 
 
 def test_an_unknown_device_name(scene, adapter: Path, tmp_path: Path) -> None:
-    _fails(_predict(scene, adapter, tmp_path, "--device", "tpu"), "--device 'tpu': expected")
+    _fails(predict_args(scene, adapter, tmp_path, "--device", "tpu"), "--device 'tpu': expected")
 
 
 @pytest.mark.parametrize(("option", "value"), [("--min-area", "-5"), ("--simplify", "-1")])
 def test_negative_polygon_options(
     scene, adapter: Path, tmp_path: Path, option: str, value: str
 ) -> None:
-    _fails(_predict(scene, adapter, tmp_path, option, value), f"{option} {value}")
+    _fails(predict_args(scene, adapter, tmp_path, option, value), f"{option} {value}")
     assert not any(tmp_path.iterdir())
 
 
 def test_an_overlap_that_multiplies_the_windows(scene, adapter: Path, tmp_path: Path) -> None:
-    _fails(_predict(scene, adapter, tmp_path, "--overlap", "0.95"), "overlap 0.95 runs the model")
+    _fails(
+        predict_args(scene, adapter, tmp_path, "--overlap", "0.95"), "overlap 0.95 runs the model"
+    )
 
 
 def test_a_missing_scene_fails_before_the_model_loads(adapter: Path, tmp_path: Path) -> None:
-    _fails(
-        ["predict", str(tmp_path / "nope.tif"), "--model", str(adapter), "-o", str(tmp_path)],
-        "nope.tif: file not found",
-    )
+    _fails(predict_args(tmp_path / "nope.tif", adapter, tmp_path), "nope.tif: file not found")
 
 
 def test_maps_without_a_common_class(scene, tmp_path: Path) -> None:

@@ -28,17 +28,13 @@ from pathlib import Path
 import pystac
 import pytest
 import rasterio
-import torch
+from conftest import ADAPTER_ROUTING, make_adapter, predict_args
 from pystac.extensions.file import FileExtension
 from typer.testing import CliRunner
 
-from gopt_geo.checkpoint import save_adapter
 from gopt_geo.cli import app
-from gopt_geo.data.bands import BandRouting
-from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
-from gopt_geo.data.synthetic import SceneFiles, make_scene
+from gopt_geo.data.synthetic import SceneFiles
 from gopt_geo.locks import LOCK_NAME
-from gopt_geo.models import ModelConfig, build_model
 from gopt_geo.outputs.staging import PAUSE_ENV, SIGNAL_ENV
 
 pytestmark = pytest.mark.filterwarnings("ignore::gopt_geo.models.RandomBackboneWarning")
@@ -57,29 +53,21 @@ class Setup:
 
 
 def save(path: Path, seed: int) -> Path:
-    torch.manual_seed(seed)  # another decoder: another map
-    model = build_model(ModelConfig(backbone="test_efficientnet", weights="random"))
-    stats = {"B": 800.0, "G": 900.0, "R": 900.0, "NIR": 2500.0, "VV": -12.0, "VH": -18.0}
-    spread = {"B": 400.0, "G": 400.0, "R": 400.0, "NIR": 1000.0, "VV": 4.0, "VH": 4.0}
-    routing = BandRouting(("B", "G", "R", "NIR"), ("VV", "VH"), mean=stats, std=spread)
-    meta = {"routing": routing.to_dict(), "classes": WHU_OPT_SAR_CLASSES.to_dict()}
-    return save_adapter(path, model, meta)
+    return make_adapter(path, routing=ADAPTER_ROUTING, seed=seed)  # another seed: another map
 
 
-def predict_args(setup: Setup, adapter: Path, out: Path, overwrite: bool) -> list[str]:
-    args = ["predict", str(setup.scene.optical), "--sar", str(setup.scene.sar)]
-    args += ["--model", str(adapter), "-o", str(out), "--window", "64", "--batch-size", "1"]
-    args += ["--no-progress", "--device", "cpu"]
-    return [*args, "--overwrite"] if overwrite else args
+def predict_into(setup: Setup, adapter: Path, out: Path, overwrite: bool, *extra: str) -> list[str]:
+    """``predict`` of the setup's scene, one window per batch (more stages to stop at)."""
+    more = ["--batch-size", "1", "--device", "cpu", *(["--overwrite"] if overwrite else [])]
+    return predict_args(setup.scene, adapter, out, *more, *extra)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
+def setup(scene: SceneFiles, tmp_path_factory: pytest.TempPathFactory) -> Setup:
     root = tmp_path_factory.mktemp("faults")
-    scene = make_scene(root / "scene", "tile", size=96, seed=3)
     s = Setup(scene, save(root / "old.safetensors", 1), save(root / "new.safetensors", 2), root)
     s.previous = root / "previous"
-    res = runner.invoke(app, predict_args(s, s.old, s.previous, overwrite=False))
+    res = runner.invoke(app, predict_into(s, s.old, s.previous, overwrite=False))
     assert res.exit_code == 0, res.output
     return s
 
@@ -150,7 +138,7 @@ def test_interrupted_before_the_commit_keeps_the_previous_set(
 ) -> None:
     out = copy_previous(setup, tmp_path / "out")
     self_signal(stage, sig)
-    res = runner.invoke(app, predict_args(setup, setup.new, out, overwrite=True))
+    res = runner.invoke(app, predict_into(setup, setup.new, out, overwrite=True))
     assert res.exit_code == code, res.output
     assert files(out) == files(setup.previous) and hidden(out) == []
 
@@ -163,7 +151,7 @@ def test_signal_inside_the_commit_waits_for_it(
     run stops with the signal's status."""
     out = copy_previous(setup, tmp_path / "out") if over else tmp_path / "out"
     self_signal("commit", sig)
-    res = runner.invoke(app, predict_args(setup, setup.new, out, overwrite=over))
+    res = runner.invoke(app, predict_into(setup, setup.new, out, overwrite=over))
     assert res.exit_code == code, res.output
     assert_complete_set(out, setup.new)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
@@ -176,11 +164,11 @@ def test_overwrite_replaces_every_file_of_the_previous_set(setup: Setup, tmp_pat
     out = tmp_path / "out"
     res = runner.invoke(
         app,
-        [*predict_args(setup, setup.old, out, False), "--probabilities", "--vector", "parquet"],
+        predict_into(setup, setup.old, out, False, "--probabilities", "--vector", "parquet"),
     )
     assert res.exit_code == 0, res.output
     assert {"tile_probabilities.tif", "tile_landcover.parquet"} <= set(files(out))
-    res = runner.invoke(app, predict_args(setup, setup.new, out, overwrite=True))
+    res = runner.invoke(app, predict_into(setup, setup.new, out, overwrite=True))
     assert res.exit_code == 0, res.output
     assert_complete_set(out, setup.new)
     assert "tile_probabilities.tif" not in files(out)
@@ -247,7 +235,7 @@ def launched(setup: Setup) -> dict[str, tuple[Path, Run]]:
     runs = {}
     for name, (stage, _, over) in CASES.items():
         out = copy_previous(setup, base / name) if over else base / name
-        runs[name] = (out, Run(predict_args(setup, setup.new, out, overwrite=over), stage))
+        runs[name] = (out, Run(predict_into(setup, setup.new, out, overwrite=over), stage))
     yield runs
     for _, run in runs.values():
         if run.proc.poll() is None:
@@ -256,8 +244,12 @@ def launched(setup: Setup) -> dict[str, tuple[Path, Run]]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _start_early(launched: dict[str, tuple[Path, Run]]) -> None:
-    """Start the subprocesses before the first test of the module."""
+def _start_early(request: pytest.FixtureRequest) -> None:
+    """Start the subprocesses before the first test of the module, when a test that
+    needs them was selected (``-m "not slow"`` leaves them out)."""
+    here = [item for item in request.session.items if item.module is request.module]
+    if any("killed" in getattr(item, "fixturenames", ()) for item in here):
+        request.getfixturevalue("launched")
 
 
 @pytest.fixture(scope="module")
@@ -270,6 +262,7 @@ def killed(launched: dict[str, tuple[Path, Run]]) -> dict[str, tuple[Path, int]]
     return results
 
 
+@pytest.mark.slow
 def test_sigkill_while_vectorising_keeps_the_previous_set(
     setup: Setup, killed: dict[str, tuple[Path, int]]
 ) -> None:
@@ -281,14 +274,15 @@ def test_sigkill_while_vectorising_keeps_the_previous_set(
     left.remove(LOCK_NAME)
     assert left and all(".partial-" in name for name in left)  # the killed run's temps
     # the next run into the folder removes them; without --overwrite it then refuses
-    res = runner.invoke(app, predict_args(setup, setup.new, out, overwrite=False))
+    res = runner.invoke(app, predict_into(setup, setup.new, out, overwrite=False))
     assert res.exit_code == 2 and "already exists" in res.output
     assert hidden(out) == [] and files(out) == files(setup.previous)
-    res = runner.invoke(app, predict_args(setup, setup.new, out, overwrite=True))
+    res = runner.invoke(app, predict_into(setup, setup.new, out, overwrite=True))
     assert res.exit_code == 0, res.output
     assert_complete_set(out, setup.new)
 
 
+@pytest.mark.slow
 def test_sigkill_inside_the_commit_is_finished_by_the_next_run(
     setup: Setup, killed: dict[str, tuple[Path, int]]
 ) -> None:
@@ -300,19 +294,20 @@ def test_sigkill_inside_the_commit_is_finished_by_the_next_run(
     assert "tile_report.json" not in cut and "tile_report.md" not in cut
     assert any(name not in previous or data != previous[name] for name, data in cut.items())
     assert any(name.endswith(".commit.json") for name in hidden(out))  # the journal
-    res = runner.invoke(app, predict_args(setup, setup.new, out, overwrite=False))
+    res = runner.invoke(app, predict_into(setup, setup.new, out, overwrite=False))
     assert res.exit_code == 2 and "already exists" in res.output  # the commit was finished
     assert_complete_set(out, setup.new)
     final = files(out)
     assert all(final[name] == data for name, data in cut.items())  # all of it was new
 
 
+@pytest.mark.slow
 def test_sigterm_while_predicting_leaves_nothing(
     setup: Setup, killed: dict[str, tuple[Path, int]]
 ) -> None:
     out, code = killed["term_in_windows"]
     assert code == 128 + signal.SIGTERM  # SystemExit(143): cleaned up like Ctrl-C
     assert files(out) == {} and hidden(out) == []
-    res = runner.invoke(app, predict_args(setup, setup.new, out, overwrite=False))
+    res = runner.invoke(app, predict_into(setup, setup.new, out, overwrite=False))
     assert res.exit_code == 0, res.output
     assert_complete_set(out, setup.new)

@@ -48,6 +48,7 @@ def stalled_url() -> Iterator[str]:
         sock.close()
 
 
+@pytest.mark.slow
 def test_a_stalled_server_fails_in_bounded_time_naming_the_url(stalled_url: str) -> None:
     # in a subprocess, so that a regression (an unbounded wait) fails the test at the
     # subprocess timeout instead of hanging the suite; a short stall time keeps it quick

@@ -25,6 +25,8 @@ from gopt_geo.config import load_config
 from gopt_geo.io import PARTIAL_MARKER
 from gopt_geo.training import train
 
+pytestmark = pytest.mark.slow  # trainings in subprocesses, killed
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "demo.yaml"
 

@@ -35,6 +35,7 @@ def _holder(folder: Path, seconds: float) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path: Path) -> None:
     proc = _holder(tmp_path, 30)
     try:
@@ -48,6 +49,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path: Path) -> None:
         proc.wait()
 
 
+@pytest.mark.slow
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path: Path) -> None:
     proc = _holder(tmp_path, 30)
     proc.kill()  # SIGKILL: no clean-up ran, the lock file is still there
@@ -58,6 +60,7 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path: Path) -> None:
     assert not (tmp_path / LOCK_NAME).exists()
 
 
+@pytest.mark.slow
 def test_wait_takes_the_lock_when_the_holder_ends(tmp_path: Path) -> None:
     proc = _holder(tmp_path, 1.0)
     start = time.monotonic()

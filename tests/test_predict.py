@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import SYNTH_ROUTING
+from conftest import SYNTH_ROUTING, make_adapter, read_pixels
 from rasterio.enums import Resampling
 from rasterio.transform import from_origin
 from rasterio.warp import reproject
@@ -18,7 +18,6 @@ from rasterio.windows import Window
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from gopt_geo.checkpoint import save_adapter
 from gopt_geo.data.classes import CLASSES_TAG, WHU_OPT_SAR_CLASSES
 from gopt_geo.data.synthetic import (
     SAR_NODATA,
@@ -90,11 +89,6 @@ def tiny_gopt() -> nn.Module:
     )
 
 
-def read(path: Path, band: int | None = 1) -> np.ndarray:
-    with rasterio.open(path) as src:
-        return src.read(band) if band else src.read()
-
-
 def whole_scene_codes(model: nn.Module, scene: SceneFiles) -> np.ndarray:
     """Reference: the model on the whole scene at once (no windows), nodata -> 255."""
     with SceneReader(scene.optical, scene.sar, ROUTING) as reader:
@@ -132,7 +126,8 @@ def prewarp_sar(scene: SceneFiles, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> SceneFiles:
+def big_scene(tmp_path_factory: pytest.TempPathFactory) -> SceneFiles:
+    """A 300x260 scene "s": several 64- and 128-pixel windows, not square."""
     return make_scene(tmp_path_factory.mktemp("scene"), "s", size=(300, 260), seed=3)
 
 
@@ -167,45 +162,49 @@ def test_blend_weight_is_smooth_peaked_and_never_zero() -> None:
     assert torch.allclose(row[32:] + row[:32], torch.ones(32), atol=2e-3)
 
 
-def test_output_grid_equals_optical_grid_with_wgs84_sar(scene: SceneFiles, tmp_path: Path) -> None:
-    with rasterio.open(scene.sar) as sar:
+def test_output_grid_equals_optical_grid_with_wgs84_sar(
+    big_scene: SceneFiles, tmp_path: Path
+) -> None:
+    with rasterio.open(big_scene.sar) as sar:
         assert sar.crs.to_epsg() == 4326  # another CRS and resolution than the optical
     model = tiny_gopt()
     predictor = Predictor(model, ROUTING, CLASSES, device="cpu")
     options = PredictOptions(window=128, overlap=0.25, vector=None, progress=False)
-    on_the_fly = predictor.predict(scene.optical, scene.sar, tmp_path / "a", options)
-    prewarped = prewarp_sar(scene, tmp_path / "sar_on_optical_grid.tif")
-    reference = predictor.predict(scene.optical, prewarped, tmp_path / "b", options)
-    with rasterio.open(scene.optical) as opt, rasterio.open(on_the_fly.class_map) as out:
+    on_the_fly = predictor.predict(big_scene.optical, big_scene.sar, tmp_path / "a", options)
+    prewarped = prewarp_sar(big_scene, tmp_path / "sar_on_optical_grid.tif")
+    reference = predictor.predict(big_scene.optical, prewarped, tmp_path / "b", options)
+    with rasterio.open(big_scene.optical) as opt, rasterio.open(on_the_fly.class_map) as out:
         assert out.crs == opt.crs
         assert out.transform == opt.transform
         assert (out.width, out.height) == (opt.width, opt.height)
-    a, b = read(on_the_fly.class_map), read(reference.class_map)
+    a, b = read_pixels(on_the_fly.class_map, 1), read_pixels(reference.class_map, 1)
     assert (a == b).mean() >= 0.995
     assert (a != NODATA).mean() > 0.95
 
 
-def test_tiling_does_not_show_pointwise_exact(scene: SceneFiles, tmp_path: Path) -> None:
+def test_tiling_does_not_show_pointwise_exact(big_scene: SceneFiles, tmp_path: Path) -> None:
     model = PointwiseModel()
     result = Predictor(model, ROUTING, CLASSES, device="cpu").predict(
-        scene.optical,
-        scene.sar,
+        big_scene.optical,
+        big_scene.sar,
         tmp_path,
         PredictOptions(window=64, overlap=0.5, vector=None, progress=False),
     )
     assert result.stats.windows == 9 * 8
-    np.testing.assert_array_equal(read(result.class_map), whole_scene_codes(model, scene))
+    np.testing.assert_array_equal(
+        read_pixels(result.class_map, 1), whole_scene_codes(model, big_scene)
+    )
 
 
-def test_tiling_does_not_show_local_model(scene: SceneFiles, tmp_path: Path) -> None:
+def test_tiling_does_not_show_local_model(big_scene: SceneFiles, tmp_path: Path) -> None:
     model = LocalCNN()
     result = Predictor(model, ROUTING, CLASSES, device="cpu").predict(
-        scene.optical,
-        scene.sar,
+        big_scene.optical,
+        big_scene.sar,
         tmp_path,
         PredictOptions(window=64, overlap=0.5, vector=None, progress=False),
     )
-    tiled, whole = read(result.class_map), whole_scene_codes(model, scene)
+    tiled, whole = read_pixels(result.class_map, 1), whole_scene_codes(model, big_scene)
     assert (tiled == whole).mean() >= 0.99
     _, counts = np.unique(whole, return_counts=True)
     assert (counts > 0.01 * whole.size).sum() >= 3  # a map with structure, not one class
@@ -220,16 +219,16 @@ def test_small_scene_is_padded_and_cropped_back(tmp_path: Path) -> None:
         tmp_path / "out",
         PredictOptions(window=64, vector=None, progress=False),
     )
-    assert read(result.class_map).shape == (40, 50)
-    np.testing.assert_array_equal(read(result.class_map), whole_scene_codes(model, small))
+    assert read_pixels(result.class_map, 1).shape == (40, 50)
+    np.testing.assert_array_equal(read_pixels(result.class_map, 1), whole_scene_codes(model, small))
 
 
 def test_nodata_collar_and_sar_footprint_give_nodata_exactly(tmp_path: Path) -> None:
     scene = make_scene(tmp_path, "n", size=(200, 180), seed=2, nodata_collar=7, sar_coverage=0.7)
     # Expected mask, computed independently of the predictor: optical pixels whose bands
     # are all nodata, and pixels where the SAR warped up front (bilinear) is nodata.
-    optical = read(scene.optical, None)
-    sar_on_grid = read(prewarp_sar(scene, tmp_path / "sar_grid.tif"), None)
+    optical = read_pixels(scene.optical)
+    sar_on_grid = read_pixels(prewarp_sar(scene, tmp_path / "sar_grid.tif"))
     expected = (optical == 0).all(0) | (sar_on_grid == SAR_NODATA).any(0)
     result = Predictor(PointwiseModel(), ROUTING, CLASSES, device="cpu").predict(
         scene.optical,
@@ -237,54 +236,59 @@ def test_nodata_collar_and_sar_footprint_give_nodata_exactly(tmp_path: Path) -> 
         tmp_path / "out",
         PredictOptions(window=64, overlap=0.25, vector=None, progress=False),
     )
-    codes = read(result.class_map)
+    codes = read_pixels(result.class_map, 1)
     collar = np.ones((200, 180), dtype=bool)
     collar[7:-7, 7:-7] = False
     assert (codes[collar] == NODATA).all()
     assert (codes[:, -40:] == NODATA).all() and (codes[-45:, :] == NODATA).all()  # outside SAR
     np.testing.assert_array_equal(codes == NODATA, expected)
     assert set(np.unique(codes[~expected])) <= set(CLASSES.codes)
-    confidence = read(result.confidence)
+    confidence = read_pixels(result.confidence, 1)
     np.testing.assert_array_equal(confidence == 0, expected)
     assert result.stats.nodata_pixels == int(expected.sum())
 
 
-def test_sar_nodata_inside_the_scene_is_masked(scene: SceneFiles, tmp_path: Path) -> None:
-    sar = prewarp_sar(scene, tmp_path / "sar.tif")
+def test_sar_nodata_inside_the_scene_is_masked(big_scene: SceneFiles, tmp_path: Path) -> None:
+    sar = prewarp_sar(big_scene, tmp_path / "sar.tif")
     with rasterio.open(sar, "r+") as dst:
         vh = dst.read(2)
         vh[100:140, 50:90] = SAR_NODATA  # one band missing is enough
         dst.write(vh, 2)
     result = Predictor(PointwiseModel(), ROUTING, CLASSES, device="cpu").predict(
-        scene.optical, sar, tmp_path / "out", PredictOptions(window=64, vector=None, progress=False)
+        big_scene.optical,
+        sar,
+        tmp_path / "out",
+        PredictOptions(window=64, vector=None, progress=False),
     )
-    codes = read(result.class_map)
+    codes = read_pixels(result.class_map, 1)
     assert (codes[100:140, 50:90] == NODATA).all()
     assert (codes != NODATA).sum() == 300 * 260 - 40 * 40
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
-def test_rasters_without_crs_on_the_same_pixel_grid(scene: SceneFiles, tmp_path: Path) -> None:
+def test_rasters_without_crs_on_the_same_pixel_grid(big_scene: SceneFiles, tmp_path: Path) -> None:
     """WHU-OPT-SAR-like tiles: no CRS on either file, co-registered pixel for pixel."""
-    sar = prewarp_sar(scene, tmp_path / "sar.tif")
-    optical = strip_crs(scene.optical, tmp_path / "opt_nocrs.tif")
+    sar = prewarp_sar(big_scene, tmp_path / "sar.tif")
+    optical = strip_crs(big_scene.optical, tmp_path / "opt_nocrs.tif")
     sar_nocrs = strip_crs(sar, tmp_path / "sar_nocrs.tif")
     predictor = Predictor(PointwiseModel(), ROUTING, CLASSES, device="cpu")
     options = PredictOptions(window=64, vector="gpkg", progress=False)
     plain = predictor.predict(optical, sar_nocrs, tmp_path / "plain", options)
-    georef = predictor.predict(scene.optical, sar, tmp_path / "georef", options)
+    georef = predictor.predict(big_scene.optical, sar, tmp_path / "georef", options)
     with rasterio.open(plain.class_map) as out:
         assert out.crs is None and out.shape == (300, 260)
-    np.testing.assert_array_equal(read(plain.class_map), read(georef.class_map))
+    np.testing.assert_array_equal(read_pixels(plain.class_map, 1), read_pixels(georef.class_map, 1))
     report = json.loads(plain.report_json.read_text())
     assert all("area_ha" not in c for c in report["classes"])  # no CRS: no ground areas
     assert report["vector"]["features"] == georef.stats.vector_features > 0
 
 
-def test_outputs_are_cogs_with_codes_names_and_colours(scene: SceneFiles, tmp_path: Path) -> None:
+def test_outputs_are_cogs_with_codes_names_and_colours(
+    big_scene: SceneFiles, tmp_path: Path
+) -> None:
     result = Predictor(PointwiseModel(), ROUTING, CLASSES, device="cpu").predict(
-        scene.optical,
-        scene.sar,
+        big_scene.optical,
+        big_scene.sar,
         tmp_path,
         PredictOptions(window=96, probabilities=True, vector="gpkg", progress=False),
     )
@@ -301,13 +305,13 @@ def test_outputs_are_cogs_with_codes_names_and_colours(scene: SceneFiles, tmp_pa
         assert [c["name"] for c in scheme["classes"]] == CLASSES.names
         assert cm.tags(1)["CLASS_40"] == "water"
     assert "<Row" in Path(f"{result.class_map}.aux.xml").read_text()  # RAT for QGIS
-    probs = read(result.probabilities, None).astype(int)
+    probs = read_pixels(result.probabilities).astype(int)
     valid = codes != NODATA
     assert probs.shape == (7, 300, 260)
     assert np.abs(probs[:, valid].sum(0) - 254).max() <= 4  # rounding of 7 bands
     top = CLASSES.index_to_code_lut()[probs.argmax(0)]
     assert (top[valid] == codes[valid]).mean() > 0.99  # ties after rounding aside
-    conf = read(result.confidence)
+    conf = read_pixels(result.confidence, 1)
     assert conf[valid].min() >= 255 // 7 and (conf[~valid] == 0).all()
     report = json.loads(result.report_json.read_text())
     counts = {c: int((codes == c).sum()) for c in CLASSES.codes}
@@ -344,7 +348,7 @@ def test_overviews_built_for_large_outputs(tmp_path: Path) -> None:
 
 
 def test_rows_are_written_before_the_scene_is_done(
-    scene: SceneFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    big_scene: SceneFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Streaming: finished rows leave the accumulators while windows are still running."""
     events: list[tuple[str, int]] = []
@@ -362,8 +366,8 @@ def test_rows_are_written_before_the_scene_is_done(
 
     monkeypatch.setattr(StripRasterWriter, "write", spy)
     Predictor(Counting(), ROUTING, CLASSES, device="cpu").predict(
-        scene.optical,
-        scene.sar,
+        big_scene.optical,
+        big_scene.sar,
         tmp_path,
         PredictOptions(
             window=64, overlap=0.5, batch_size=2, vector=None, progress=False, confidence=False
@@ -375,30 +379,37 @@ def test_rows_are_written_before_the_scene_is_done(
     assert max(n for k, n in events if k == "rows") <= 64  # never more than one window tall
 
 
-def test_progress_bar_over_windows(scene: SceneFiles, tmp_path: Path, capsys) -> None:
+def test_progress_bar_over_windows(big_scene: SceneFiles, tmp_path: Path, capsys) -> None:
     Predictor(PointwiseModel(), ROUTING, CLASSES, device="cpu").predict(
-        scene.optical, scene.sar, tmp_path, PredictOptions(window=128, vector=None, progress=True)
+        big_scene.optical,
+        big_scene.sar,
+        tmp_path,
+        PredictOptions(window=128, vector=None, progress=True),
     )
     err = capsys.readouterr().err
     assert "window" in err and "9/9" in err
 
 
-def test_on_forward_hook_sees_every_model_call(scene: SceneFiles, tmp_path: Path) -> None:
+def test_on_forward_hook_sees_every_model_call(big_scene: SceneFiles, tmp_path: Path) -> None:
     """The public timing hook (benchmarks): one call per batch of windows the model ran,
     the windows adding up to the plan's, and the maps unchanged by it."""
     calls: list[tuple[int, float]] = []
     options = PredictOptions(window=64, batch_size=4, vector=None, progress=False)
     plain = Predictor(PointwiseModel(), ROUTING, CLASSES, device="cpu")
-    reference = plain.predict(scene.optical, scene.sar, tmp_path / "plain", options)
+    reference = plain.predict(big_scene.optical, big_scene.sar, tmp_path / "plain", options)
     hooked = Predictor(PointwiseModel(), ROUTING, CLASSES, device="cpu")
     hooked.on_forward = lambda windows, seconds: calls.append((windows, seconds))
-    result = hooked.predict(scene.optical, scene.sar, tmp_path / "hooked", options)
+    result = hooked.predict(big_scene.optical, big_scene.sar, tmp_path / "hooked", options)
     assert [n for n, _ in calls] == [4] * (result.stats.windows // 4) + (
         [result.stats.windows % 4] if result.stats.windows % 4 else []
     )
     assert all(seconds >= 0 for _, seconds in calls)
-    np.testing.assert_array_equal(read(result.class_map), read(reference.class_map))
-    np.testing.assert_array_equal(read(result.confidence), read(reference.confidence))
+    np.testing.assert_array_equal(
+        read_pixels(result.class_map, 1), read_pixels(reference.class_map, 1)
+    )
+    np.testing.assert_array_equal(
+        read_pixels(result.confidence, 1), read_pixels(reference.confidence, 1)
+    )
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -437,15 +448,15 @@ def test_vector_option_is_normalised() -> None:
     assert PredictOptions(vector="GPKG").vector == "gpkg"
 
 
-def test_sar_not_overlapping_the_scene(scene: SceneFiles, tmp_path: Path) -> None:
+def test_sar_not_overlapping_the_scene(big_scene: SceneFiles, tmp_path: Path) -> None:
     far = make_scene(tmp_path, "far", size=64, seed=1, origin=(700_000.0, 3_300_000.0))
     with pytest.raises(InputError, match=r"sar/far\.tif: SAR raster does not overlap"):
-        predict(scene.optical, far.sar, tmp_path / "out")
+        predict(big_scene.optical, far.sar, tmp_path / "out")
 
 
-def test_band_count_differs_from_the_adapter(scene: SceneFiles, tmp_path: Path) -> None:
+def test_band_count_differs_from_the_adapter(big_scene: SceneFiles, tmp_path: Path) -> None:
     three = tmp_path / "three_bands.tif"
-    with rasterio.open(scene.optical) as src:
+    with rasterio.open(big_scene.optical) as src:
         profile = src.profile | {"count": 3}
         data = src.read([1, 2, 3])
     with rasterio.open(three, "w", **profile) as dst:
@@ -454,43 +465,43 @@ def test_band_count_differs_from_the_adapter(scene: SceneFiles, tmp_path: Path) 
         InputError,
         match=r"three_bands\.tif: optical raster has 3 band\(s\), but the model expects 4",
     ):
-        predict(three, scene.sar, tmp_path / "out")
+        predict(three, big_scene.sar, tmp_path / "out")
 
 
-def test_unreadable_or_corrupt_tiff(scene: SceneFiles, tmp_path: Path) -> None:
+def test_unreadable_or_corrupt_tiff(big_scene: SceneFiles, tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.tif"
     garbage.write_bytes(b"II*\x00" + bytes(range(256)) * 4)
     with pytest.raises(InputError, match=r"garbage\.tif: not a readable raster"):
-        predict(garbage, scene.sar, tmp_path / "out")
+        predict(garbage, big_scene.sar, tmp_path / "out")
     truncated = tmp_path / "truncated_sar.tif"
-    shutil.copy(prewarp_sar(scene, tmp_path / "full.tif"), truncated)
+    shutil.copy(prewarp_sar(big_scene, tmp_path / "full.tif"), truncated)
     with truncated.open("r+b") as f:
         f.truncate(truncated.stat().st_size // 3)
     with pytest.raises(InputError, match=r"truncated_sar\.tif: cannot read pixels \(.*TIFF"):
-        predict(scene.optical, truncated, tmp_path / "out2")
+        predict(big_scene.optical, truncated, tmp_path / "out2")
     assert not (tmp_path / "out2" / "s_classes.tif").exists()
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
-def test_scene_without_crs_with_a_sar_that_has_one(scene: SceneFiles, tmp_path: Path) -> None:
-    no_crs = strip_crs(scene.optical, tmp_path / "no_crs.tif")
+def test_scene_without_crs_with_a_sar_that_has_one(big_scene: SceneFiles, tmp_path: Path) -> None:
+    no_crs = strip_crs(big_scene.optical, tmp_path / "no_crs.tif")
     with pytest.raises(
         InputError, match=r"no_crs\.tif: raster has no CRS, but .*sar/s\.tif has one"
     ):
-        predict(no_crs, scene.sar, tmp_path / "out")
+        predict(no_crs, big_scene.sar, tmp_path / "out")
 
 
-def test_existing_output_needs_overwrite(scene: SceneFiles, tmp_path: Path) -> None:
-    predict(scene.optical, scene.sar, tmp_path)
+def test_existing_output_needs_overwrite(big_scene: SceneFiles, tmp_path: Path) -> None:
+    predict(big_scene.optical, big_scene.sar, tmp_path)
     before = (tmp_path / "s_classes.tif").stat().st_mtime_ns
     with pytest.raises(InputError, match=r"s_classes\.tif: output already exists"):
-        predict(scene.optical, scene.sar, tmp_path)
+        predict(big_scene.optical, big_scene.sar, tmp_path)
     assert (tmp_path / "s_classes.tif").stat().st_mtime_ns == before
-    predict(scene.optical, scene.sar, tmp_path, overwrite=True)
+    predict(big_scene.optical, big_scene.sar, tmp_path, overwrite=True)
 
 
 def test_interrupted_run_leaves_nothing_that_looks_complete(
-    scene: SceneFiles, tmp_path: Path
+    big_scene: SceneFiles, tmp_path: Path
 ) -> None:
     class Failing(PointwiseModel):
         calls = 0
@@ -503,27 +514,20 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(
 
     with pytest.raises(KeyboardInterrupt):
         Predictor(Failing(), ROUTING, CLASSES, device="cpu").predict(
-            scene.optical,
-            scene.sar,
+            big_scene.optical,
+            big_scene.sar,
             tmp_path,
             PredictOptions(window=64, batch_size=2, progress=False, probabilities=True),
         )
     assert list(tmp_path.iterdir()) == []
 
 
-def test_adapter_for_another_backbone(scene: SceneFiles, tmp_path: Path) -> None:
+def test_adapter_for_another_backbone(big_scene: SceneFiles, tmp_path: Path) -> None:
     import timm
 
     weights = tmp_path / "backbone.safetensors"
     save_file(timm.create_model("test_efficientnet").state_dict(), str(weights))
-    cfg = ModelConfig(
-        backbone="test_efficientnet", weights=str(weights), num_classes=7, aux_channels=3
-    )
-    adapter = save_adapter(
-        tmp_path / "adapter.safetensors",
-        build_model(cfg),
-        {"routing": ROUTING.to_dict(), "classes": CLASSES.to_dict()},
-    )
+    adapter = make_adapter(tmp_path / "adapter.safetensors", weights=str(weights))
     predictor = Predictor.from_adapter(adapter, device="cpu")  # the same backbone loads
     assert predictor.routing == ROUTING and predictor.classes == CLASSES
     state = load_file(str(weights))

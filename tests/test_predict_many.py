@@ -8,14 +8,10 @@ part) serves the equality, failure and index tests; the rest run in this process
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import functools
-import http.server
-import io
 import json
 import shutil
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,54 +21,40 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
-import torch
+from conftest import (
+    ADAPTER_ROUTING,
+    QUICK_PREDICT,
+    RangeHandler,
+    make_adapter,
+    predict_args,
+    read_raster,
+    serve,
+)
 from rasterio.windows import from_bounds
 from shapely.geometry import box
 from typer.testing import CliRunner
 
-from gopt_geo.checkpoint import save_adapter
 from gopt_geo.cli import app
-from gopt_geo.data.bands import BandRouting
-from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
-from gopt_geo.data.synthetic import make_scenes
+from gopt_geo.data.synthetic import SceneFiles, make_scenes, scene_files
 from gopt_geo.errors import InputError
 from gopt_geo.inference import runner as scene_runner
 from gopt_geo.inference.cluster import plan_workers
 from gopt_geo.inference.options import PredictOptions
 from gopt_geo.inference.runner import SceneOutcome, SceneTask
 from gopt_geo.inference.sources import Scene
-from gopt_geo.models import ModelConfig, build_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::gopt_geo.models.RandomBackboneWarning")
 
 runner = CliRunner()
-ROUTING = BandRouting(
-    ("B", "G", "R", "NIR"),
-    ("VV", "VH"),
-    mean={"B": 800.0, "G": 900.0, "R": 900.0, "NIR": 2500.0, "VV": -12.0, "VH": -18.0},
-    std={"B": 400.0, "G": 400.0, "R": 400.0, "NIR": 1000.0, "VV": 4.0, "VH": 4.0},
-)
 GOOD = ("scene_000", "scene_001", "scene_002")
 #: Per-scene options of every run here: one 64-pixel window per scene, GeoJSON polygons.
-FLAGS = ["--window", "64", "--vector", "geojson", "--no-progress"]
+FLAGS = [*QUICK_PREDICT, "--vector", "geojson"]
 #: Class-map tags that may differ between two runs of the same scene (none today).
 RUN_SPECIFIC_TAGS = {"TIFFTAG_DATETIME"}
 
 
-def _adapter(path: Path, seed: int) -> Path:
-    torch.manual_seed(seed)  # prompters and head differ between seeds: another adapter
-    model = build_model(ModelConfig(backbone="test_efficientnet", weights="random"))
-    meta = {"routing": ROUTING.to_dict(), "classes": WHU_OPT_SAR_CLASSES.to_dict()}
-    return save_adapter(path, model, meta)
-
-
 @pytest.fixture(scope="module")
-def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _adapter(tmp_path_factory.mktemp("model") / "adapter.safetensors", seed=0)
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def many_scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three good 64x64 scenes, a corrupt one (with its SAR) and one without SAR."""
     root = tmp_path_factory.mktemp("scenes")
     make_scenes(root, len(GOOD), size=64, seed=4)
@@ -82,16 +64,15 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def predict_cli(scene: str, sar: str | None, adapter: Path, out: Path, *extra: str) -> Path:
-    """``gopt-geo predict``; returns the class map."""
-    args = ["predict", scene, "--model", str(adapter), "-o", str(out), *FLAGS, *extra]
-    res = runner.invoke(app, [*args, *(["--sar", sar] if sar else [])])
+def predict_cli(scene: SceneFiles | str, adapter: Path, out: Path, *extra: str) -> Path:
+    """``gopt-geo predict`` with ``FLAGS``; returns the class map."""
+    res = runner.invoke(app, predict_args(scene, adapter, out, *FLAGS, *extra))
     assert res.exit_code == 0, res.output
     return next(out.glob("*_classes.tif"))
 
 
 @pytest.fixture(scope="module")
-def cluster_run(scenes: Path, adapter: Path, tmp_path_factory: pytest.TempPathFactory):
+def cluster_run(many_scenes: Path, adapter: Path, tmp_path_factory: pytest.TempPathFactory):
     """``predict-many`` on a 2-worker x 1-thread LocalCluster (processes), and the same
     scenes through three sequential ``predict`` calls."""
     out = tmp_path_factory.mktemp("run")
@@ -100,9 +81,9 @@ def cluster_run(scenes: Path, adapter: Path, tmp_path_factory: pytest.TempPathFa
         [
             "predict-many",
             "--optical-dir",
-            str(scenes / "optical"),
+            str(many_scenes / "optical"),
             "--sar-dir",
-            str(scenes / "sar"),
+            str(many_scenes / "sar"),
             "--model",
             str(adapter),
             "-o",
@@ -116,31 +97,25 @@ def cluster_run(scenes: Path, adapter: Path, tmp_path_factory: pytest.TempPathFa
     )
     sequential = tmp_path_factory.mktemp("sequential")
     for name in GOOD:
-        predict_cli(
-            str(scenes / "optical" / f"{name}.tif"),
-            str(scenes / "sar" / f"{name}.tif"),
-            adapter,
-            sequential / name,
-        )
+        predict_cli(scene_files(many_scenes, name), adapter, sequential / name)
     return res, out, sequential
 
 
-def _raster(path: Path) -> tuple[np.ndarray, dict, dict, dict]:
-    with rasterio.open(path) as src:
-        tags = {k: v for k, v in src.tags().items() if k not in RUN_SPECIFIC_TAGS}
-        return src.read(), src.profile, tags, src.tags(1)
+def _tags(tags: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in tags.items() if k not in RUN_SPECIFIC_TAGS}
 
 
+@pytest.mark.slow
 def test_cluster_run_equals_sequential_predicts(cluster_run) -> None:
     res, out, sequential = cluster_run
     assert "Dask LocalCluster: 2 worker(s) x 1 torch thread(s)" in res.output
     for name in GOOD:
-        a, b = out / name / f"{name}_classes.tif", sequential / name / f"{name}_classes.tif"
-        data_a, profile_a, tags_a, band_a = _raster(a)
-        data_b, profile_b, tags_b, band_b = _raster(b)
-        np.testing.assert_array_equal(data_a, data_b)
-        assert profile_a == profile_b and tags_a == tags_b and band_a == band_b
-        assert len(np.unique(data_a)) > 1  # a real map, not a constant
+        a = read_raster(out / name / f"{name}_classes.tif")
+        b = read_raster(sequential / name / f"{name}_classes.tif")
+        np.testing.assert_array_equal(a.data, b.data)
+        assert a.profile == b.profile and _tags(a.tags) == _tags(b.tags)
+        assert a.band_tags == b.band_tags
+        assert len(np.unique(a.data)) > 1  # a real map, not a constant
     run = json.loads((out / "run.json").read_text())
     done = [s for s in run["scenes"] if s["status"] == "done"]
     assert {s["id"] for s in done} == set(GOOD)
@@ -151,14 +126,16 @@ def test_cluster_run_equals_sequential_predicts(cluster_run) -> None:
     assert run["scenes_per_hour"] > 0 and run["counts"]["done"] == 3
 
 
-def test_a_corrupt_scene_fails_alone(cluster_run, scenes: Path) -> None:
+@pytest.mark.slow
+def test_a_corrupt_scene_fails_alone(cluster_run, many_scenes: Path) -> None:
     res, out, _ = cluster_run
     assert res.exit_code == 1  # some scenes failed
     run = json.loads((out / "run.json").read_text())
     by_id = {s["id"]: s for s in run["scenes"]}
     bad = by_id["scene_bad"]
     assert bad["status"] == "failed" and bad["attempts"] == 1  # a bad file is not retried
-    assert bad["reason"].startswith(f"{scenes / 'optical' / 'scene_bad.tif'}: not a readable")
+    bad_file = many_scenes / "optical" / "scene_bad.tif"
+    assert bad["reason"].startswith(f"{bad_file}: not a readable")
     lonely = by_id["scene_lonely"]
     assert lonely["status"] == "failed" and "no SAR raster named scene_lonely.*" in lonely["reason"]
     assert run["counts"] == {"done": 3, "skipped": 0, "failed": 2, "not run": 0, "total": 5}
@@ -168,6 +145,7 @@ def test_a_corrupt_scene_fails_alone(cluster_run, scenes: Path) -> None:
     assert not (out / "scene_bad").exists() or not any((out / "scene_bad").iterdir())
 
 
+@pytest.mark.slow
 def test_index_and_mosaic_cover_the_run(cluster_run) -> None:
     _, out, _ = cluster_run
     index = gpd.read_parquet(out / "index.parquet")
@@ -199,12 +177,13 @@ def _stamps(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 def test_resume_skips_finished_scenes_and_remaps_for_another_adapter(
-    scenes: Path, adapter: Path, tmp_path: Path
+    many_scenes: Path, adapter: Path, tmp_path: Path
 ) -> None:
     manifest = tmp_path / "scenes.csv"
+    root = many_scenes
     manifest.write_text(
         "id,optical,sar\n"
-        + "".join(f"{n},{scenes}/optical/{n}.tif,{scenes}/sar/{n}.tif\n" for n in GOOD[:2])
+        + "".join(f"{n},{root}/optical/{n}.tif,{root}/sar/{n}.tif\n" for n in GOOD[:2])
     )
     out = tmp_path / "run"
     args = [str(manifest), "--model", str(adapter), "-o", str(out)]
@@ -223,7 +202,8 @@ def test_resume_skips_finished_scenes_and_remaps_for_another_adapter(
     assert [s["status"] for s in resumed["scenes"]] == ["skipped", "done"]
     assert _stamps(folders[0]) == before[folders[0]]
 
-    other = _adapter(tmp_path / "other.safetensors", seed=1)
+    # prompters and head differ between seeds: another adapter
+    other = make_adapter(tmp_path / "other.safetensors", routing=ADAPTER_ROUTING, seed=1)
     changed = _run_many([str(manifest), "--model", str(other), "-o", str(out)])
     assert changed["counts"]["done"] == 2  # another adapter: mapped again
     with rasterio.open(folders[0] / f"{GOOD[0]}_classes.tif") as src:
@@ -233,86 +213,40 @@ def test_resume_skips_finished_scenes_and_remaps_for_another_adapter(
     assert (folders[0] / f"{GOOD[0]}_probabilities.tif").exists()
 
 
-class RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder with HTTP byte ranges (what GDAL's /vsicurl/ reads with)."""
-
-    range_requests = 0
-
-    def send_head(self):  # noqa: ANN201 (http.server's signature)
-        path = Path(self.translate_path(self.path))
-        if not path.is_file():
-            self.send_error(404)
-            return None
-        data = path.read_bytes()
-        wanted = self.headers.get("Range", "")
-        if wanted.startswith("bytes="):
-            first, _, last = wanted[len("bytes=") :].partition("-")
-            start, end = int(first), min(int(last) if last else len(data) - 1, len(data) - 1)
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-            type(self).range_requests += 1
-            data = data[start : end + 1]
-        else:
-            self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-        return io.BytesIO(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def serve(folder: Path) -> Iterator[str]:
-    """A local HTTP server (127.0.0.1 only) over ``folder``; its base URL."""
-    handler = functools.partial(RangeHandler, directory=str(folder))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
-
-
 @pytest.fixture
-def server(scenes: Path) -> Iterator[str]:
-    with serve(scenes) as url:
+def server(many_scenes: Path) -> Iterator[str]:
+    with serve(many_scenes) as url:
         yield url
 
 
 def test_a_scene_over_http_equals_the_local_file(
-    server: str, scenes: Path, adapter: Path, tmp_path: Path
+    server: str, many_scenes: Path, adapter: Path, tmp_path: Path
 ) -> None:
-    local = predict_cli(
-        str(scenes / "optical" / "scene_001.tif"),
-        str(scenes / "sar" / "scene_001.tif"),
-        adapter,
-        tmp_path / "local",
-    )
+    local = predict_cli(scene_files(many_scenes, "scene_001"), adapter, tmp_path / "local")
     before = RangeHandler.range_requests
     remote = predict_cli(
         f"/vsicurl/{server}/optical/scene_001.tif",
-        f"{server}/sar/scene_001.tif",  # a plain URL goes through /vsicurl/ as well
         adapter,
         tmp_path / "remote",
+        "--sar",
+        f"{server}/sar/scene_001.tif",  # a plain URL goes through /vsicurl/ as well
     )
     assert RangeHandler.range_requests > before  # read by byte ranges
     assert remote.name == local.name == "scene_001_classes.tif"
-    data_local, profile_local, *_ = _raster(local)
-    data_remote, profile_remote, *_ = _raster(remote)
-    np.testing.assert_array_equal(data_remote, data_local)
-    assert profile_remote == profile_local
+    from_local, from_remote = read_raster(local), read_raster(remote)
+    np.testing.assert_array_equal(from_remote.data, from_local.data)
+    assert from_remote.profile == from_local.profile
     report = json.loads((tmp_path / "remote" / "scene_001_report.json").read_text())
     assert report["inputs"]["scene"] == f"/vsicurl/{server}/optical/scene_001.tif"
     missing = runner.invoke(
         app,
-        ["predict", f"{server}/optical/nope.tif", "--sar", f"{server}/sar/scene_001.tif"]
-        + ["--model", str(adapter), "-o", str(tmp_path / "x")],
+        predict_args(
+            f"{server}/optical/nope.tif",
+            adapter,
+            tmp_path / "x",
+            "--sar",
+            f"{server}/sar/scene_001.tif",
+        ),
     )
     assert missing.exit_code == 2 and f"{server}/optical/nope.tif: cannot open (" in missing.output
     assert "file not found" not in missing.output and "Traceback" not in missing.output
@@ -341,7 +275,7 @@ def _split_bands(scene: str, root: Path, adapter_dir: str) -> dict[str, dict]:
 
 
 def test_a_stac_collection_of_single_bands_equals_the_stacked_geotiff(
-    scenes: Path, adapter: Path, tmp_path: Path
+    many_scenes: Path, adapter: Path, tmp_path: Path
 ) -> None:
     name = "scene_002"
     (tmp_path / "assets").mkdir()
@@ -352,23 +286,17 @@ def test_a_stac_collection_of_single_bands_equals_the_stacked_geotiff(
         datetime.datetime(2024, 5, 1, tzinfo=datetime.UTC),
         {},
     )
-    for key, asset in _split_bands(name, scenes, str(tmp_path / "assets")).items():
+    for key, asset in _split_bands(name, many_scenes, str(tmp_path / "assets")).items():
         item.add_asset(key, asset)  # relative hrefs: beside the collection document
     collection = tmp_path / "assets" / "items.json"
     collection.write_text(json.dumps(pystac.ItemCollection([item]).to_dict()))
 
-    stacked = predict_cli(
-        str(scenes / "optical" / f"{name}.tif"),
-        str(scenes / "sar" / f"{name}.tif"),
-        adapter,
-        tmp_path / "stacked",
-    )
-    from_stac = predict_cli(str(collection), None, adapter, tmp_path / "stac")
+    stacked = predict_cli(scene_files(many_scenes, name), adapter, tmp_path / "stacked")
+    from_stac = predict_cli(str(collection), adapter, tmp_path / "stac")
     assert from_stac.name == "S2X_T49_scene_002_classes.tif"
-    data_stac, profile_stac, *_ = _raster(from_stac)
-    data_tif, profile_tif, *_ = _raster(stacked)
-    np.testing.assert_array_equal(data_stac, data_tif)
-    assert profile_stac == profile_tif
+    stac, tif = read_raster(from_stac), read_raster(stacked)
+    np.testing.assert_array_equal(stac.data, tif.data)
+    assert stac.profile == tif.profile
     report = json.loads((tmp_path / "stac" / "S2X_T49_scene_002_report.json").read_text())
     label = "STAC item S2X_T49_scene_002 (optical: blue, green, red, nir)"
     assert report["inputs"]["scene"] == label
@@ -379,8 +307,8 @@ def test_a_stac_collection_of_single_bands_equals_the_stacked_geotiff(
         run = _run_many(args)
     assert run["counts"]["done"] == 1
     assert run["scenes"][0]["origin"] == f"{url}/items.json"
-    data_many, *_ = _raster(tmp_path / "run" / item.id / f"{item.id}_classes.tif")
-    np.testing.assert_array_equal(data_many, data_tif)
+    many = read_raster(tmp_path / "run" / item.id / f"{item.id}_classes.tif")
+    np.testing.assert_array_equal(many.data, tif.data)
 
 
 def _record(outcomes: dict[str, SceneOutcome], outcome: SceneOutcome) -> None:
@@ -428,7 +356,8 @@ def test_workers_are_sized_to_the_machine() -> None:
         plan_workers(-1, None, cores=4, gpus=0)
 
 
-def test_predict_many_bad_input_messages(adapter: Path, scenes: Path, tmp_path: Path) -> None:
+def test_predict_many_bad_input_messages(adapter: Path, many_scenes: Path, tmp_path: Path) -> None:
+    scenes = many_scenes
     help_text = runner.invoke(app, ["predict-many", "--help"], env={"COLUMNS": "200"}).output
     text = " ".join(help_text.replace("│", " ").split())
     for option in ("--scheduler", "--workers", "--threads-per-worker", "--resume", "--retries"):
@@ -448,6 +377,7 @@ def test_predict_many_bad_input_messages(adapter: Path, scenes: Path, tmp_path: 
         assert "Traceback" not in res.output
 
 
+@pytest.mark.slow
 def test_the_run_collection_links_every_mapped_scene(cluster_run) -> None:
     import pystac
 

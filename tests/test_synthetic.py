@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
+from conftest import read_pixels, sar_on_optical_grid
 from rasterio.warp import transform_bounds
 from shapely.geometry import box
 
@@ -24,29 +23,6 @@ from gopt_geo.data.synthetic import (
 from gopt_geo.errors import InputError
 
 CITY, VILLAGE, WATER, FARMLAND, FOREST, ROAD = 20, 30, 40, 10, 50, 60
-
-
-def _read(path: Path) -> np.ndarray:
-    with rasterio.open(path) as src:
-        return src.read()
-
-
-def _sar_on_optical_grid(files: SceneFiles) -> np.ndarray:
-    """SAR warped onto the optical grid, as every consumer must do; NaN outside the SAR."""
-    with rasterio.open(files.optical) as opt, rasterio.open(files.sar) as sar:
-        with WarpedVRT(
-            sar,
-            crs=opt.crs,
-            transform=opt.transform,
-            width=opt.width,
-            height=opt.height,
-            resampling=Resampling.bilinear,
-            src_nodata=SAR_NODATA,
-            nodata=SAR_NODATA,
-        ) as vrt:
-            data = vrt.read().astype(np.float64)
-    data[data == SAR_NODATA] = np.nan
-    return data
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +82,7 @@ def test_files_bands_dtypes_and_grids(cloudy_scene: SceneFiles) -> None:
 
 
 def test_land_cover_is_patchy_with_thin_roads(clear_scene: SceneFiles) -> None:
-    labels = _read(clear_scene.labels)[0]
+    labels = read_pixels(clear_scene.labels)[0]
     same_right = (labels[:, 1:] == labels[:, :-1]).mean()
     same_down = (labels[1:] == labels[:-1]).mean()
     assert same_right > 0.85 and same_down > 0.85  # coherent patches, not salt and pepper
@@ -122,9 +98,9 @@ def test_land_cover_is_patchy_with_thin_roads(clear_scene: SceneFiles) -> None:
 
 def test_class_signatures(clear_scene: SceneFiles) -> None:
     """City and village: alike in optical, far apart in SAR. Water darkest in NIR and SAR."""
-    optical = _read(clear_scene.optical).astype(np.float64)
-    labels = _read(clear_scene.labels)[0]
-    sar = _sar_on_optical_grid(clear_scene)
+    optical = read_pixels(clear_scene.optical).astype(np.float64)
+    labels = read_pixels(clear_scene.labels)[0]
+    sar = sar_on_optical_grid(clear_scene)
     present = [c for c in WHU_OPT_SAR_CLASSES.codes if (labels == c).sum() > 50]
 
     def mean(data: np.ndarray, code: int) -> np.ndarray:
@@ -145,10 +121,10 @@ def test_class_signatures(clear_scene: SceneFiles) -> None:
 
 
 def test_clouds_hide_optical_not_sar(cloudy_scene: SceneFiles) -> None:
-    optical = _read(cloudy_scene.optical).astype(np.float64)
-    labels = _read(cloudy_scene.labels)[0]
-    cloud = _read(cloudy_scene.clouds)[0].astype(bool)
-    sar = _sar_on_optical_grid(cloudy_scene)
+    optical = read_pixels(cloudy_scene.optical).astype(np.float64)
+    labels = read_pixels(cloudy_scene.labels)[0]
+    cloud = read_pixels(cloudy_scene.clouds)[0].astype(bool)
+    sar = sar_on_optical_grid(cloudy_scene)
     assert 0.18 <= cloud.mean() <= 0.42
     # Under clouds: bright, nearly white in all four bands, whatever the land cover.
     assert np.all(optical[:, cloud].mean(axis=1) > 6000)
@@ -163,7 +139,7 @@ def test_clouds_hide_optical_not_sar(cloudy_scene: SceneFiles) -> None:
 @pytest.mark.parametrize("cover", [0.0, 0.1, 0.35])
 def test_cloud_cover_is_honoured(tmp_path: Path, cover: float) -> None:
     f = make_scene(tmp_path, "c", 128, seed=1, cloud_cover=cover)
-    assert abs(_read(f.clouds).mean() - cover) < 0.02
+    assert abs(read_pixels(f.clouds).mean() - cover) < 0.02
 
 
 def test_deterministic_for_a_seed_and_different_across_seeds(tmp_path: Path) -> None:
@@ -172,8 +148,8 @@ def test_deterministic_for_a_seed_and_different_across_seeds(tmp_path: Path) -> 
     c = make_scene(tmp_path / "c", "s", 128, seed=8)
     for field in ("optical", "sar", "labels", "clouds"):
         assert getattr(a, field).read_bytes() == getattr(b, field).read_bytes(), field
-    assert not np.array_equal(_read(a.labels), _read(c.labels))
-    assert not np.array_equal(_read(a.sar), _read(c.sar))
+    assert not np.array_equal(read_pixels(a.labels), read_pixels(c.labels))
+    assert not np.array_equal(read_pixels(a.sar), read_pixels(c.sar))
     # Nothing but the four files is left behind (no staging folders).
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
         "clouds",
@@ -185,19 +161,20 @@ def test_deterministic_for_a_seed_and_different_across_seeds(tmp_path: Path) -> 
 
 def test_nodata_collar(tmp_path: Path) -> None:
     f = make_scene(tmp_path, "collar", 96, seed=2, nodata_collar=6, cloud_cover=0.3)
-    optical, labels, clouds = _read(f.optical), _read(f.labels)[0], _read(f.clouds)[0]
+    optical = read_pixels(f.optical)
+    labels, clouds = read_pixels(f.labels, 1), read_pixels(f.clouds, 1)
     border = np.ones(labels.shape, dtype=bool)
     border[6:-6, 6:-6] = False
     assert np.all(optical[:, border] == 0) and np.all(optical[:, ~border] > 0)
     assert np.all(labels[border] == 0) and np.all(clouds[border] == 0)
     assert abs(clouds[~border].mean() - 0.3) < 0.02
     # SAR is not affected by the optical collar.
-    assert not np.isnan(_sar_on_optical_grid(f)).any()
+    assert not np.isnan(sar_on_optical_grid(f)).any()
 
 
 def test_partial_sar_coverage(tmp_path: Path) -> None:
     f = make_scene(tmp_path, "part", 128, seed=4, sar_coverage=0.6)
-    missing = np.isnan(_sar_on_optical_grid(f)).any(axis=0)
+    missing = np.isnan(sar_on_optical_grid(f)).any(axis=0)
     assert not missing[:70, :70].any()  # north-west part covered
     assert missing[:, 85:].all() and missing[85:, :].all()  # east and south strips not
     assert 1 - 0.7**2 < missing.mean() < 1 - 0.6**2 + 0.02
@@ -213,7 +190,7 @@ def test_make_scenes_are_disjoint_and_distinct(tmp_path: Path) -> None:
     for i in range(3):
         for j in range(i + 1, 3):
             assert not footprints[i].intersects(footprints[j])
-    assert not np.array_equal(_read(scenes[0].labels), _read(scenes[1].labels))
+    assert not np.array_equal(read_pixels(scenes[0].labels), read_pixels(scenes[1].labels))
     assert len(list((tmp_path / "optical").glob("*.tif"))) == 3
 
 

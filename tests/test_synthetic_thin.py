@@ -6,15 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
+from conftest import read_pixels, sar_on_optical_grid
 from numpy.lib.stride_tricks import sliding_window_view
-from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
 
 from gopt_geo.data import synthetic
 from gopt_geo.data.synthetic import (
     OPTICAL_BANDS,
-    SAR_NODATA,
     SceneFiles,
     make_scene,
     render_scene,
@@ -23,26 +20,6 @@ from gopt_geo.data.synthetic_features import CANAL, POND, RIVER, TRACK, ThinFeat
 
 WATER, ROAD = 40, 60
 NIR = OPTICAL_BANDS.index("NIR")
-
-
-def _read(path: Path) -> np.ndarray:
-    with rasterio.open(path) as src:
-        return src.read()
-
-
-def _sar_on_optical_grid(files: SceneFiles) -> np.ndarray:
-    with rasterio.open(files.optical) as opt, rasterio.open(files.sar) as sar:
-        with WarpedVRT(
-            sar,
-            crs=opt.crs,
-            transform=opt.transform,
-            width=opt.width,
-            height=opt.height,
-            resampling=Resampling.bilinear,
-            src_nodata=SAR_NODATA,
-            nodata=SAR_NODATA,
-        ) as vrt:
-            return vrt.read().astype(np.float64)
 
 
 def _opening(mask: np.ndarray, k: int) -> np.ndarray:
@@ -80,7 +57,7 @@ def test_thin_features_change_only_their_pixels_and_are_a_real_share(
     pair: tuple[SceneFiles, SceneFiles],
 ) -> None:
     a, b = pair
-    la, lb = _read(a.labels)[0], _read(b.labels)[0]
+    la, lb = read_pixels(a.labels)[0], read_pixels(b.labels)[0]
     thin = la != lb
     # drawn as the existing water and road classes, nothing else
     assert set(np.unique(la[thin]).tolist()) == {WATER, ROAD}
@@ -88,15 +65,15 @@ def test_thin_features_change_only_their_pixels_and_are_a_real_share(
     assert water.mean() > 0.015 and water.sum() > 0.2 * (la == WATER).sum()
     assert road.mean() > 0.005 and road.sum() > 0.2 * (la == ROAD).sum()
     # the rest of the scene is untouched: same optical pixels, same clouds
-    changed = (_read(a.optical) != _read(b.optical)).any(axis=0)
+    changed = (read_pixels(a.optical) != read_pixels(b.optical)).any(axis=0)
     assert not (changed & ~thin).any() and changed[thin].mean() > 0.99
-    assert np.array_equal(_read(a.clouds), _read(b.clouds))
+    assert np.array_equal(read_pixels(a.clouds), read_pixels(b.clouds))
 
 
 def test_thin_features_are_thin(pair: tuple[SceneFiles, SceneFiles]) -> None:
     """Roads 1-2 px: no 3 x 3 block. Water: lines 1-3 px and ponds of a few px."""
     a, b = pair
-    la, lb = _read(a.labels)[0], _read(b.labels)[0]
+    la, lb = read_pixels(a.labels)[0], read_pixels(b.labels)[0]
     thin = la != lb
     road, water = thin & (la == ROAD), thin & (la == WATER)
     assert _opening(road, 3).sum() < 0.05 * road.sum()
@@ -155,16 +132,16 @@ def test_scene_is_the_same_whatever_the_block_size(
     a = make_scene(tmp_path / "a", "s", 96, seed=11)
     monkeypatch.setattr(synthetic, "_BLOCK_PIXELS", 96 * 16)  # blocks of 16 rows
     b = make_scene(tmp_path / "b", "s", 96, seed=11)
-    assert np.array_equal(_read(a.labels), _read(b.labels))
-    assert np.array_equal(_read(a.clouds), _read(b.clouds))
+    assert np.array_equal(read_pixels(a.labels), read_pixels(b.labels))
+    assert np.array_equal(read_pixels(a.clouds), read_pixels(b.clouds))
 
 
 def test_signatures_against_the_surroundings(pair: tuple[SceneFiles, SceneFiles]) -> None:
     """Water: dark in NIR and SAR, low in the visible. Tracks: bright grey, bright in SAR."""
     a, b = pair
-    la, lb = _read(a.labels)[0], _read(b.labels)[0]
-    optical = _read(a.optical).astype(np.float64)
-    sar, sar_without = _sar_on_optical_grid(a), _sar_on_optical_grid(b)
+    la, lb = read_pixels(a.labels)[0], read_pixels(b.labels)[0]
+    optical = read_pixels(a.optical).astype(np.float64)
+    sar, sar_without = sar_on_optical_grid(a, False), sar_on_optical_grid(b, False)
     thin = la != lb
     plain_land = ~np.isin(la, [WATER, ROAD])
 

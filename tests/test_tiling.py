@@ -27,7 +27,7 @@ def pointwise(images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.einsum("kc,bchw->bkhw", MIX, images)
 
 
-def scene(height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def scene_arrays(height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     image = rng.normal(size=(C, height, width)).astype(np.float32)
     valid = rng.random((height, width)) > 0.1
@@ -92,7 +92,7 @@ def run(
 def test_pointwise_model_gives_the_per_pixel_result(
     height: int, width: int, window: int, overlap: float
 ) -> None:
-    image, valid = scene(height, width)
+    image, valid = scene_arrays(height, width)
     starts, logits, ok = run(image, valid, window, overlap)
     expected = pointwise(torch.from_numpy(image)[None], torch.from_numpy(valid)[None])[0].numpy()
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
@@ -113,7 +113,7 @@ def test_margin_keeps_the_pointwise_result_and_the_validity(
     height: int, width: int, window: int, overlap: float, margin: int
 ) -> None:
     """Only the cores are blended: the margins' pixels and validity change nothing."""
-    image, valid = scene(height, width)
+    image, valid = scene_arrays(height, width)
     _, logits, ok = run(image, valid, window, overlap, margin=margin)
     expected = pointwise(torch.from_numpy(image)[None], torch.from_numpy(valid)[None])[0].numpy()
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
@@ -121,7 +121,7 @@ def test_margin_keeps_the_pointwise_result_and_the_validity(
 
 
 def test_rows_cover_the_grid_once_in_order_a_few_at_a_time() -> None:
-    image, valid = scene(300, 90)
+    image, valid = scene_arrays(300, 90)
     plan = WindowPlan.for_grid(300, 90, 128, 0.25)
     spans = [
         (row0, rows.shape[1])
@@ -138,7 +138,7 @@ def test_rows_cover_the_grid_once_in_order_a_few_at_a_time() -> None:
 
 def test_rows_leave_before_the_last_window_is_read() -> None:
     """Streaming: memory is one strip, so rows are handed on while windows still come in."""
-    image, valid = scene(200, 60)
+    image, valid = scene_arrays(200, 60)
     plan = WindowPlan.for_grid(200, 60, 32, 0.5)
     log: list[tuple[str, int]] = []
     for row0, _, _ in stream_rows(
@@ -150,7 +150,7 @@ def test_rows_leave_before_the_last_window_is_read() -> None:
 
 
 def test_a_pixel_is_valid_only_where_every_window_found_it_valid() -> None:
-    image, valid = scene(64, 64)
+    image, valid = scene_arrays(64, 64)
     plan = WindowPlan.for_grid(64, 64, 32, 0.5)
 
     def batches() -> Iterator[tuple[list, np.ndarray, np.ndarray]]:
@@ -169,7 +169,7 @@ def test_a_pixel_is_valid_only_where_every_window_found_it_valid() -> None:
 
 
 def test_model_sees_whole_windows_and_progress_counts_them() -> None:
-    image, valid = scene(20, 50)
+    image, valid = scene_arrays(20, 50)
     plan = WindowPlan.for_grid(20, 50, 32, 0.5)
     shapes: list[tuple[tuple[int, ...], tuple[int, ...], torch.dtype]] = []
     done: list[int] = []
@@ -191,7 +191,7 @@ def test_model_sees_whole_windows_and_progress_counts_them() -> None:
 @pytest.mark.parametrize(("overlap", "margin"), [(0.0, 0), (0.5, 8)])
 def test_windows_without_a_valid_pixel_skip_the_model(overlap: float, margin: int) -> None:
     """A nodata border costs no model time, and the map is the one a full run gives."""
-    image, valid = scene(96, 96)
+    image, valid = scene_arrays(96, 96)
     valid[:, :48] = False  # the left half is nodata
     seen: list[int] = []
 
@@ -219,7 +219,7 @@ def test_windows_without_a_valid_pixel_skip_the_model(overlap: float, margin: in
 
 
 def test_wrong_model_output_is_named() -> None:
-    image, valid = scene(40, 40)
+    image, valid = scene_arrays(40, 40)
     plan = WindowPlan.for_grid(40, 40, 32, 0.25)
     with pytest.raises(ValueError, match=r"returned 4 classes, not 5"):
         list(

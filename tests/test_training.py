@@ -148,7 +148,7 @@ def test_cli_train_info_evaluate(scenes: Path, tmp_path: Path) -> None:
     args = ["train", *common, *[x for s in sets for x in ("--set", s)]]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert "trainable params:" in res.output and "adapter (best epoch)" in res.output
+    assert "trainable params:" in res.output and "(best epoch: 1 of 1)" in res.output
     res = runner.invoke(app, ["info", str(out / "adapter.safetensors")])
     assert res.exit_code == 0 and "test_efficientnet" in res.output
     res = runner.invoke(

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+from conftest import read_raster
 from rasterio.crs import CRS
 from rasterio.features import rasterize, sieve
 from rasterio.transform import from_origin
@@ -52,11 +53,6 @@ def write_class_map(path: Path, codes: np.ndarray, grid: Grid) -> Path:
     return writer.finish(**class_map_metadata(CLASSES, NODATA))  # type: ignore[arg-type]
 
 
-def codes_of(path: Path) -> tuple[np.ndarray, rasterio.Affine]:
-    with rasterio.open(path) as src:
-        return src.read(1), src.transform
-
-
 def read_layer(path: Path) -> gpd.GeoDataFrame:
     """The land-cover layer (a GeoPackage also holds QGIS's ``layer_styles`` table)."""
     return gpd.read_file(path, layer=path.stem) if path.suffix == ".gpkg" else gpd.read_file(path)
@@ -73,7 +69,8 @@ def rasterize_back(frame: gpd.GeoDataFrame, shape: tuple[int, int], transform) -
 
 
 def test_round_trip_across_block_seams(class_map: Path, tmp_path: Path) -> None:
-    codes, transform = codes_of(class_map)
+    raster = read_raster(class_map, 1)
+    codes, transform = raster.data, raster.profile["transform"]
     result = vectorize(class_map, tmp_path / "lc.gpkg", block_size=37)  # 9 seams
     assert result.blocks == 9
     frame = read_layer(result.path)
@@ -116,7 +113,8 @@ def test_areas_and_sieve_min_area(class_map: Path, tmp_path: Path) -> None:
     """--min-area merges small regions into their neighbours (block-wise sieve with a
     halo): no polygon below the area, no hole where a small region was, every mapped
     pixel still mapped, large regions untouched."""
-    codes, transform = codes_of(class_map)
+    raster = read_raster(class_map, 1)
+    codes, transform = raster.data, raster.profile["transform"]
     full = read_layer(vectorize(class_map, tmp_path / "all.gpkg", block_size=50).path)
     # 10 m pixels: the areas add up to 100 m² per mapped pixel, class by class.
     for code in np.unique(codes[codes != NODATA]):

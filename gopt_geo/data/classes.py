@@ -9,6 +9,7 @@ internal indices.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,35 @@ from gopt_geo.constants import IGNORE_INDEX
 
 #: Raster tag holding a class map's scheme (codes, names, colours) as JSON.
 CLASSES_TAG = "GOPT_GEO_CLASSES"
+#: Longest class name: names label legends, raster attribute tables and file columns.
+MAX_NAME_LENGTH = 100
+
+
+def _channel(v: object) -> bool:
+    """A colour channel: a whole number 0..255 (255.0 too, as JSON writers may save it)."""
+    return (
+        isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        and float(v).is_integer()
+        and 0 <= v <= 255
+    )
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a class, or None. Names go into XML (QGIS styles, GDAL
+    ``.aux.xml``, VRTs), JSON and vector columns: escaping handles ``<&"``, but XML 1.0
+    has no way at all to hold a control character, so those are refused here, once."""
+    if not isinstance(name, str):
+        return f"expected text, got {name!r}"
+    if not name.strip():
+        return "empty"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"longer than {MAX_NAME_LENGTH} characters ({name[:20]!r}...)"
+    if not name.isprintable():
+        bad = sorted({f"U+{ord(c):04X}" for c in name if not c.isprintable()})
+        return f"{name!r} holds characters that are not printable ({', '.join(bad)})"
+    return None
 
 
 @dataclass(frozen=True)
@@ -51,10 +81,23 @@ class ClassScheme:
             problems.append(
                 f"duplicate codes {sorted(c for c in set(codes) if codes.count(c) > 1)}"
             )
-        if len(set(self.names)) != len(self.names):
+        for n in (*self.names, self.ignore_name):
+            why = name_problem(n)
+            if why:
+                problems.append(f"class name {why}")
+        names = [str(n) for n in self.names]
+        if len(set(names)) != len(names):
             problems.append("duplicate class names")
-        if any(not 0 <= c <= 254 for c in (*codes, *self.ignore_codes)):
-            problems.append("codes must be integers 0..254 (they are stored as uint8)")
+        # class codes are written into uint8 class maps; ignore codes are only ever read
+        # from label rasters, so any integer a label raster's type holds will do (-1, 65535)
+        outside = sorted(c for c in codes if not 0 <= c <= 254)
+        if outside:
+            problems.append(
+                f"class codes {outside} are outside 0..254 (class maps store codes as uint8)"
+            )
+        huge = sorted(c for c in self.ignore_codes if not -(2**63) <= c < 2**63)
+        if huge:
+            problems.append(f"ignore codes {huge} are outside the 64-bit integer range")
         both = sorted(set(codes) & set(self.ignore_codes))
         if both:
             problems.append(f"codes {both} are both classes and ignored")
@@ -82,8 +125,26 @@ class ClassScheme:
         """Codes a label raster may contain (classes plus the ignore codes)."""
         return set(self.codes) | set(self.ignore_codes)
 
+    def code_indices(self, codes: np.ndarray) -> np.ndarray:
+        """Class index of each label code (int64, same shape); IGNORE_INDEX for ignore
+        and unknown codes. Any integer code maps, negative or past 255 (-1 "no data" in
+        an int16 label raster), without clamping it onto a class's code first."""
+        codes = np.asarray(codes)
+        out = np.full(codes.shape, IGNORE_INDEX, dtype=np.int64)
+        if not np.issubdtype(codes.dtype, np.integer):  # float labels: whole numbers only
+            whole = np.isfinite(codes) & (codes == np.round(codes))
+            for i, c in enumerate(self.codes):
+                out[whole & (codes == c)] = i
+            return out
+        for i, c in enumerate(self.codes):
+            out[codes == c] = i
+        return out
+
     def code_to_index_lut(self) -> np.ndarray:
-        """A 256-entry lookup table code -> index (IGNORE_INDEX for ignore/unknown codes)."""
+        """A 256-entry lookup table code -> index (IGNORE_INDEX for ignore/unknown codes).
+
+        Only for codes known to lie in 0..255 (a uint8 class map); label rasters may hold
+        any integer, so map those with :meth:`code_indices`."""
         lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
         for i, c in enumerate(self.classes):
             lut[c.code] = i
@@ -101,7 +162,7 @@ class ClassScheme:
         ``nodata`` (a class map's) are transparent."""
         cmap = {c.code: (*c.color, 255) for c in self.classes}
         for code in (*self.ignore_codes, nodata):
-            if code is not None:
+            if code is not None and 0 <= code <= 255:  # a uint8 table has no entry for -1
                 cmap[code] = (0, 0, 0, 0)
         return cmap  # type: ignore[return-value]
 
@@ -208,14 +269,35 @@ def scheme_from_declaration(
         code = entry["code"]
         if not isinstance(code, int) or isinstance(code, bool):
             raise ValueError(f"{where}[{i}].code: expected an integer, got {code!r}")
+        if not 0 <= code <= 254:
+            raise ValueError(
+                f"{where}[{i}].code: {code} is outside 0..254 (class maps store codes as "
+                "uint8); if it marks unlabelled pixels, list it in data.ignore_codes instead"
+            )
         colour = entry.get("colour", entry.get("color"))
         if colour is None:
             colour = DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)]
-        if len(colour) != 3 or any(not 0 <= int(v) <= 255 for v in colour):
+        if (
+            not isinstance(colour, list | tuple)
+            or len(colour) != 3
+            or not all(_channel(v) for v in colour)
+        ):
             raise ValueError(f"{where}[{i}].colour: expected [r, g, b] in 0..255, got {colour!r}")
-        name = str(entry.get("name", f"class_{code}"))
+        name = entry.get("name", f"class_{code}")
+        if isinstance(name, int) and not isinstance(name, bool):
+            name = str(name)  # YAML reads a name such as 2020 as a number
+        why = name_problem(name)
+        if why:
+            raise ValueError(f"{where}[{i}].name: {why}")
         classes.append(LandCoverClass(code, name, tuple(int(v) for v in colour)))  # type: ignore[arg-type]
-    return ClassScheme(tuple(classes), tuple(ignore_codes if ignore_codes is not None else ()))
+    ignore = tuple(ignore_codes if ignore_codes is not None else ())
+    both = sorted({c.code for c in classes} & set(ignore))
+    if both:
+        raise ValueError(
+            f"data.ignore_codes: {both} also declared as classes in {where}; a code is "
+            "either a class or ignored"
+        )
+    return ClassScheme(tuple(classes), ignore)
 
 
 def resolve_scheme(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from .bands import BandRouting
 from .classes import IGNORE_INDEX, ClassScheme
 from .normalize import band_statistics
 from .rasters import check_label_codes
+from .row_split import band_rows
 from .scenes import SPLITS, OpticalSarScenes
 from .whu_opt_sar import WHUOptSar
 
@@ -68,6 +70,17 @@ class EpochPatchSampler(RandomPatchSampler):
         self.generator = np.random.default_rng((self.seed, self.epoch))
         self.epoch += 1
         return super().__iter__()
+
+
+@dataclass(frozen=True)
+class SplitExtent:
+    """Where a split's pixels are: its scenes, and for a row split its bands as boxes
+    (x0, y0, x1, y1) in the dataset's coordinates (None: the whole scenes), with the
+    pixel-grid offsets of scenes without a CRS (data/rasters.py)."""
+
+    scenes: list[str]
+    boxes: list[tuple[float, float, float, float]] | None
+    pixel_grid_offsets: dict[str, tuple[float, float]]
 
 
 class OpticalSarDataModule(GeoDataModule):
@@ -130,6 +143,7 @@ class OpticalSarDataModule(GeoDataModule):
                 f"data.split_order: expected train, val and test once each, got {split_order}"
             )
         self._datasets: dict[str, OpticalSarScenes] = {}
+        self._band_boxes: dict[str, list[tuple[float, float, float, float]]] = {}
         self._checked: set[Path] = set()
         self._stages: set[str] = set()  # label files already checked (row splits share them)
         self.stats_patches = stats_patches
@@ -155,6 +169,13 @@ class OpticalSarDataModule(GeoDataModule):
             self._datasets[split] = ds
         return self._datasets[split]
 
+    def split_extent(self, split: str) -> SplitExtent:
+        """The scenes and (row splits) bands of ``split``, as training and evaluation
+        sample them; its scenes are indexed and its labels checked, nothing cached."""
+        ds = self._datasets.get(split) or self._build_split(split)
+        boxes = self._band_boxes.get(split) if self.split_rows is not None else None
+        return SplitExtent(list(ds.scene_names), boxes, ds.pixel_grid_offsets())
+
     def _build_split(self, split: str) -> OpticalSarScenes:
         kwargs = dict(self.kwargs)
         if self.split_rows is not None:  # every scene in every split, clipped below
@@ -163,7 +184,9 @@ class OpticalSarDataModule(GeoDataModule):
         ds = self.dataset_class(split=split, **kwargs)
         assert isinstance(ds, OpticalSarScenes)
         if self.split_rows is not None:
-            ds.index = geopandas.clip(ds.index, self.row_band(ds, split))
+            band = self.row_band(ds, split)
+            ds.index = geopandas.clip(ds.index, band)
+            ds.restrict_to(self._band_boxes[split])
         unchecked = [p for p in ds.label_paths if p not in self._checked]
         check_label_codes(unchecked, self.classes)
         self._checked.update(unchecked)
@@ -175,34 +198,39 @@ class OpticalSarDataModule(GeoDataModule):
         """This split's band of rows of every scene, as torchgeo's ``roi_split`` takes it.
 
         Bands follow ``split_order`` from the top of each scene (train, val, test unless
-        chosen otherwise), with ``split_rows`` fractions of its rows each. Every border is
-        a whole pixel row: patches inside a band then lie on the raster's own grid and are
-        read without resampling. Inner borders are pulled back by half a patch on each
-        side (the guard gap: one patch height per border is used by no split, so on a
-        small scene this costs ``patch_size`` rows per inner border): random training
-        patches stay inside their band, and gridded validation/test patches, which may
-        reach up to half a patch past theirs, can never meet a training patch."""
+        chosen otherwise), with ``split_rows`` fractions of its rows each
+        (:func:`row_split.band_rows`). Every border is a whole pixel row: patches inside a
+        band then lie on the raster's own grid and are read without resampling. Inner
+        borders are pulled back by half a patch on each side (the guard gap: one patch
+        height per border is used by no split, so on a small scene this costs
+        ``patch_size`` rows per inner border): random training patches stay inside their
+        band, and gridded validation/test patches, which may reach up to half a patch
+        past theirs, can never meet a training patch (and are masked past their band,
+        :meth:`OpticalSarScenes.restrict_to`). A band thinner than one patch in any scene
+        is refused, naming the band, its rows and the patch size: torchgeo's samplers
+        would skip it without a word."""
         assert self.split_rows is not None
         order = self.split_order
         i = order.index(split)
         fractions = [self.split_rows[SPLITS.index(s)] for s in order]
-        start, stop = sum(fractions[:i]), sum(fractions[: i + 1])
         res = ds.res[1]
-        half_gap = self.patch_size // 2
         parts = []
-        for geom in ds.index.geometry:
+        names = list(ds.index["filepath"]) if "filepath" in ds.index else []
+        for k, geom in enumerate(ds.index.geometry):
             x0, y0, x1, y1 = geom.bounds
             rows = round((y1 - y0) / res)
-            first = round(start * rows) + (half_gap if i > 0 else 0)
-            last = round(stop * rows) - (half_gap if i < len(order) - 1 else 0)
+            first, last = band_rows(rows, fractions, i, self.patch_size)
+            if last - first < self.patch_size:
+                where = f" of scene {Path(names[k]).stem}" if k < len(names) else ""
+                raise InputError(
+                    f"data.split_rows: the {split} band{where} is {last - first} rows (rows "
+                    f"{first}..{last} of {rows}), thinner than one patch "
+                    f"(data.patch_size {self.patch_size}); give {split} a larger fraction "
+                    "or use smaller patches"
+                )
             top, bottom = y1 - first * res, y1 - last * res
-            if first < last:
-                parts.append(shapely.box(x0, bottom, x1, top).intersection(geom))
-        if not parts:
-            raise InputError(
-                f"data.split_rows: the {split} band is thinner than one patch "
-                f"({self.patch_size} px) in every scene; use larger fractions or smaller patches"
-            )
+            parts.append(shapely.box(x0, bottom, x1, top).intersection(geom))
+        self._band_boxes[split] = [part.bounds for part in parts]
         return shapely.union_all(parts)
 
     def setup(self, stage: str) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from torchgeo.datasets import RasterDataset
@@ -50,6 +51,16 @@ class BandedRaster(RasterDataset):
     filename_glob = "*.tif"
     all_bands: tuple[str, ...] = ()
     role = "raster"
+    #: every file lies on the grid it is read onto (the optical scenes themselves, SAR
+    #: co-registered with them): read nearest-neighbour, i.e. exactly. torchgeo reads
+    #: image rasters bilinearly, and window bounds off the grid by float noise (degrees)
+    #: then let a valid neighbour leak into a no-data pixel, which would be trained and
+    #: scored although prediction maps it as no data.
+    on_grid = False
+
+    @property
+    def resampling(self) -> Resampling:
+        return Resampling.nearest if self.on_grid else super().resampling
 
     def __init__(
         self,
@@ -164,8 +175,10 @@ class SampleCleaner:
 
     - pixels that are optical nodata, SAR nodata or outside the SAR footprint become
       NaN in the image (see :meth:`BandRouting.prepare`) and IGNORE_INDEX in the mask;
-    - label codes become contiguous class indices (unknown codes are ignored; the
-      datamodule refuses them up front with :func:`check_label_codes`).
+    - label codes become contiguous class indices, whatever integers they are (-1 "no
+      data" in an int16 raster stays ignored: a code is never clamped onto a class's);
+      the label raster's nodata and unknown codes are ignored (the datamodule refuses
+      unknown codes up front with :func:`check_label_codes`).
     """
 
     def __init__(
@@ -174,11 +187,13 @@ class SampleCleaner:
         optical_nodata: float | None,
         sar_nodata: float | None,
         scheme: ClassScheme,
+        label_nodata: float | None = None,
     ) -> None:
         self.n_optical = n_optical
         self.optical_nodata = optical_nodata
         self.sar_nodata = sar_nodata
-        self.lut = torch.from_numpy(scheme.code_to_index_lut().astype(np.int64))
+        self.label_nodata = label_nodata
+        self.codes = list(scheme.codes)
 
     def invalid(self, image: torch.Tensor) -> torch.Tensor:
         opt, sar = image[: self.n_optical], image[self.n_optical :]
@@ -189,45 +204,58 @@ class SampleCleaner:
             bad |= (sar == self.sar_nodata).any(0)
         return bad
 
+    def indices(self, codes: torch.Tensor) -> torch.Tensor:
+        """Class index of each code (int64), IGNORE_INDEX for every other value."""
+        codes = codes.long()
+        mask = torch.full_like(codes, IGNORE_INDEX)
+        for i, code in enumerate(self.codes):
+            mask[codes == code] = i
+        if self.label_nodata is not None and np.isfinite(self.label_nodata):
+            mask[codes == int(self.label_nodata)] = IGNORE_INDEX
+        return mask
+
     def __call__(self, sample: Sample) -> Sample:
         image = sample["image"].float()
         bad = self.invalid(image)
         image[:, bad] = float("nan")
         sample["image"] = image
         if "mask" in sample:
-            codes = sample["mask"].long().clamp(0, 255)
-            mask = self.lut[codes]
+            mask = self.indices(sample["mask"])
             mask[bad] = IGNORE_INDEX
             sample["mask"] = mask
         return sample
 
 
+def label_codes(path: str | Path) -> dict[int, int]:
+    """Pixels per code of a label raster (its nodata left out), read block by block:
+    every integer the raster's type holds is counted as it is (-1, 255, 1000)."""
+    counts: dict[int, int] = {}
+    with open_raster(path) as src:
+        nodata = src.nodata
+        for _, window in src.block_windows(1):
+            block = src.read(1, window=window).ravel()
+            if nodata is not None:
+                block = block[block != nodata] if np.isfinite(nodata) else block
+            if block.dtype.kind == "f":
+                block = block[np.isfinite(block)]
+            values, n = np.unique(block, return_counts=True)
+            for v, k in zip(values.tolist(), n.tolist(), strict=True):
+                counts[int(v)] = counts.get(int(v), 0) + int(k)
+    return counts
+
+
 def check_label_codes(paths: Iterable[str | Path], scheme: ClassScheme) -> None:
-    """Fail when a label raster holds codes outside the class scheme, listing them."""
+    """Fail when a label raster holds codes outside the class scheme: one line naming
+    the codes, the file and the config keys that would take them."""
     valid = scheme.valid_codes()
     for path in paths:
-        with open_raster(path) as src:
-            seen = np.zeros(1 << 16, dtype=bool)
-            nodata = src.nodata
-            for _, window in src.block_windows(1):
-                block = src.read(1, window=window)
-                if nodata is not None:
-                    block = block[block != nodata]
-                if block.size:
-                    if block.min() < 0 or block.max() >= seen.size:
-                        raise InputError(
-                            f"{path}: label values outside the code map "
-                            f"(valid: {sorted(valid)}); "
-                            f"found {int(block.min())}..{int(block.max())}"
-                        )
-                    seen[np.unique(block).astype(np.int64)] = True
-            bad = sorted(set(np.flatnonzero(seen).tolist()) - valid)
-            if bad:
-                raise InputError(
-                    f"{path}: label values {bad} are outside the code map (valid: "
-                    f"{sorted(valid)}); declare them in data.classes or list them in "
-                    "data.ignore_codes"
-                )
+        bad = sorted(set(label_codes(path)) - valid)
+        if bad:
+            raise InputError(
+                f"{path}: label values {bad} are outside the code map (classes "
+                f"{scheme.codes}, ignored {list(scheme.ignore_codes)}); declare them in "
+                "data.classes or list them in data.ignore_codes"
+            )
 
 
 def read_nodata(paths: Sequence[str | Path]) -> float | None:

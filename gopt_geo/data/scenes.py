@@ -52,10 +52,10 @@ from torchgeo.datasets import GeoDataset, IntersectionDataset
 from torchgeo.datasets.utils import GeoSlice, Sample
 
 from ..errors import InputError
-from ..io import check_overlap, open_raster
+from ..io import check_overlap, open_raster, same_grid
 from . import disk_cache
 from .bands import BandRouting
-from .classes import ClassScheme
+from .classes import IGNORE_INDEX, ClassScheme
 from .rasters import (
     LabelRaster,
     OpticalRaster,
@@ -379,6 +379,11 @@ class OpticalSarScenes(IntersectionDataset):
         # otherwise re-index them, and print about it, when they are intersected)
         grid = {"crs": opt_ds.crs, "res": opt_ds.res, "pixel_grid_offsets": offsets}
         sar_ds = SarRaster(sar, self.routing.sar_bands, **grid)
+        # files read on their own grid are read exactly (BandedRaster.on_grid)
+        opt_ds.on_grid = all(_native(o, opt_ds.crs, opt_ds.res) for o in optical)
+        sar_ds.on_grid = opt_ds.on_grid and all(
+            _same_grid(o, s) for o, s in zip(optical, sar, strict=True)
+        )
         joined: Any = IntersectionDataset(
             opt_ds, sar_ds, spatial_only=True, collate_fn=collate_intersection
         )
@@ -399,8 +404,16 @@ class OpticalSarScenes(IntersectionDataset):
         self.scene_cache: SceneCache | None = None
         self._scene_cache_done = False
         self.cleaner = SampleCleaner(
-            len(self.routing.optical_bands), read_nodata(optical), read_nodata(sar), self.classes
+            len(self.routing.optical_bands),
+            read_nodata(optical),
+            read_nodata(sar),
+            self.classes,
+            label_nodata=read_nodata(self.label_paths),
         )
+        #: boxes (x0, y0, x1, y1) this split may label (a row split's bands); a patch
+        #: reaching past them has its mask ignored there, so a split scores only its own
+        #: pixels (None: the whole scenes)
+        self.region: np.ndarray | None = None
         self.user_transforms = transforms
         super().__init__(
             first,
@@ -416,9 +429,40 @@ class OpticalSarScenes(IntersectionDataset):
         cache = self.build_scene_cache()
         sample = cache.sample(index) if cache is not None else None
         if sample is None:
-            return super().__getitem__(index)
-        if self.transforms is not None:
+            sample = super().__getitem__(index)
+        elif self.transforms is not None:
             sample = self.transforms(sample)
+        return self.mask_outside_region(sample, index)
+
+    def restrict_to(self, boxes: Sequence[tuple[float, float, float, float]]) -> None:
+        """Label only inside ``boxes`` (x0, y0, x1, y1 in the dataset's CRS): a gridded
+        validation or test patch that reaches past its band into the guard gap (or into
+        another split's rows) keeps its image, for context, but its mask is ignored there,
+        so a split is scored on its own pixels only, each once."""
+        self.region = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+
+    def mask_outside_region(self, sample: Sample, index: GeoSlice) -> Sample:
+        """IGNORE_INDEX in the mask wherever a pixel's centre lies outside :attr:`region`."""
+        if self.region is None or "mask" not in sample:
+            return sample
+        parts = (index,) if isinstance(index, slice) else tuple(index)
+        if len(parts) < 2:
+            return sample
+        x, y = parts[0], parts[1]
+        mask = sample["mask"]
+        h, w = mask.shape[-2:]
+        x0, x1, y0, y1 = float(x.start), float(x.stop), float(y.start), float(y.stop)
+        cx = x0 + (np.arange(w) + 0.5) * (x1 - x0) / w
+        cy = y1 - (np.arange(h) + 0.5) * (y1 - y0) / h
+        keep = np.zeros((h, w), dtype=bool)
+        for bx0, by0, bx1, by1 in self.region:
+            rows = (cy > by0) & (cy < by1)
+            cols = (cx > bx0) & (cx < bx1)
+            keep |= rows[:, None] & cols[None, :]
+        if not keep.all():
+            mask = mask.clone()
+            mask[..., torch.from_numpy(~keep)] = IGNORE_INDEX
+            sample["mask"] = mask
         return sample
 
     def build_scene_cache(
@@ -663,7 +707,7 @@ class OpticalSarScenes(IntersectionDataset):
         # a footprint short of the scene's edge by float noise (a reprojected SAR file's
         # bounds) contains it: torchgeo's window there is within GDAL's whole-pixel slack
         slack = GRID_TOLERANCE * min(xres, yres)
-        footprint = self.index.geometry
+        footprint = self.index.geometry.to_numpy()
         plan = []
         for path, geom in zip(
             self._optical.index["filepath"], self._optical.index.geometry, strict=True
@@ -673,14 +717,16 @@ class OpticalSarScenes(IntersectionDataset):
             w, h = (x1 - x0) / xres, (y1 - y0) / yres
             if abs(w - round(w)) > GRID_TOLERANCE or abs(h - round(h)) > GRID_TOLERANCE:
                 continue
-            if not (footprint.intersection(box).area > 0).any():
+            # shapely on the raw geometries, not geopandas: these are tests on the grid
+            # (overlap, containment), which geopandas would warn about in a geographic CRS
+            if not (shapely.area(shapely.intersection(footprint, box)) > 0).any():
                 continue
             sources: list[str] = []
             for leaf in self._leaves:
-                hit = leaf.index.geometry.intersection(box).area > 0
-                overlapping = leaf.index.geometry[hit]
-                grown = overlapping.buffer(slack, join_style="mitre")
-                if overlapping.empty or not grown.covers(box).all():
+                geoms = leaf.index.geometry.to_numpy()
+                hit = shapely.area(shapely.intersection(geoms, box)) > 0
+                grown = shapely.buffer(geoms[hit], slack, join_style="mitre")
+                if not hit.any() or not shapely.covers(grown, box).all():
                     break
                 sources += sorted(str(f) for f in leaf.index["filepath"][hit])
             else:
@@ -762,6 +808,22 @@ def _narrow(
     if wide is not None and common in (np.dtype(np.uint16), np.dtype(np.int32)):
         return wide
     return fallback
+
+
+def _same_grid(a: Path, b: Path) -> bool:
+    """Whether two rasters share CRS, transform and size (a SAR file co-registered with
+    its optical scene, read without resampling)."""
+    with open_raster(a) as sa, open_raster(b) as sb:
+        return sa.crs is not None and same_grid(sa, sb)
+
+
+def _native(path: Path, crs: Any, res: tuple[float, float]) -> bool:
+    """Whether a raster is in ``crs`` at ``res`` (read onto its own grid); rasters
+    without a CRS are placed on the pixel grid at their own resolution."""
+    with open_raster(path) as src:
+        if src.crs is None:
+            return True
+        return src.crs == crs and np.allclose(src.res, res, rtol=1e-9, atol=0)
 
 
 def _uncached_copies(leaves: Sequence[GeoDataset]) -> list[GeoDataset]:

@@ -6,6 +6,10 @@ a Dask client's ``concurrent.futures`` executor: an existing cluster as it is, o
 ``LocalCluster`` sized by :func:`plan_workers` (one worker per GPU, each seeing only its
 GPU; on CPUs, workers of a few torch threads each). Dask is imported only here, and only
 when a cluster is asked for.
+
+An existing cluster that cannot be reached is one line within a bounded time
+(``connect_timeout``, ``--connect-timeout``; Dask's own default waits 30 s and then
+raises a traceback), and so is a scheduler file that does not exist.
 """
 
 from __future__ import annotations
@@ -19,6 +23,46 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+
+#: Seconds to wait for an existing Dask scheduler to answer (``--connect-timeout``).
+CONNECT_TIMEOUT = 10.0
+
+
+def _looks_like_file(scheduler: str) -> bool:
+    """A scheduler file rather than an address (``tcp://host:port``, ``host:port``)."""
+    if "://" in scheduler:
+        return False
+    return (
+        scheduler.lower().endswith((".json", ".yaml", ".yml"))
+        or "/" in scheduler
+        or (os.sep in scheduler)
+    )
+
+
+def connect(scheduler: str, timeout: float = CONNECT_TIMEOUT) -> Any:
+    """A Dask client of the scheduler at ``scheduler`` (an address, or a scheduler file
+    as ``dask scheduler --scheduler-file`` writes it), or one :class:`InputError` line
+    within about ``timeout`` seconds: a file that does not exist, an address that does
+    not parse, a scheduler that does not answer."""
+    if timeout <= 0:
+        raise InputError(f"--connect-timeout must be more than 0 seconds, got {timeout:g}")
+    path = Path(scheduler)
+    is_file = path.is_file()
+    if not is_file and _looks_like_file(scheduler):
+        raise InputError(f"{scheduler}: scheduler file not found (--scheduler)")
+    from distributed import Client
+
+    try:
+        if is_file:
+            return Client(scheduler_file=str(path), timeout=timeout)
+        return Client(scheduler, timeout=timeout)
+    except (OSError, ValueError, TypeError) as err:  # TimeoutError is an OSError
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        what = "scheduler file" if is_file else "scheduler"
+        raise InputError(
+            f"{scheduler}: cannot reach the Dask {what} within {timeout:g} s ({reason}); "
+            "check the address and that the scheduler runs (--connect-timeout sets the wait)"
+        ) from None
 
 
 def plan_workers(
@@ -52,6 +96,7 @@ def executor_for(
     workers: int | None = None,
     threads_per_worker: int | None = None,
     device: str = "auto",
+    connect_timeout: float = CONNECT_TIMEOUT,
 ) -> Iterator[tuple[Executor | None, int | None, str]]:
     """``(executor, torch threads per worker, description)`` for ``predict-many``: an
     existing Dask cluster (``scheduler``: its address or scheduler file, used as it is),
@@ -61,23 +106,21 @@ def executor_for(
 
     Workers of an existing cluster run one scene at a time each; their torch threads are
     ``threads_per_worker`` if given, else the threads Dask gives the worker
-    (``dask worker --nthreads``).
+    (``dask worker --nthreads``). An existing cluster that does not answer within
+    ``connect_timeout`` seconds is one :class:`InputError` line (:func:`connect`).
     """
     if workers == 0 and not scheduler:
         yield None, threads_per_worker, "in this process (--workers 0, no cluster)"
         return
-    from distributed import Client, LocalCluster
-
     cluster = None
     if scheduler:
-        if Path(scheduler).is_file():
-            client = Client(scheduler_file=scheduler)
-        else:
-            client = Client(scheduler)
+        client = connect(scheduler, connect_timeout)
         nthreads = [w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()]
         threads = threads_per_worker or (min(nthreads) if nthreads else None)
         what = f"Dask cluster at {scheduler}: {len(nthreads)} worker(s) x {threads} torch thread(s)"
     else:
+        from distributed import Client, LocalCluster
+
         gpus = _gpu_count(device)
         n, threads = plan_workers(workers, threads_per_worker, cores=os.cpu_count() or 1, gpus=gpus)
         common = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}

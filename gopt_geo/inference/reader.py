@@ -33,8 +33,9 @@ adapter's scale is applied exactly once.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -57,11 +58,15 @@ from ..io import (
     gdal_path,
     is_remote,
     open_raster,
-    rasterio_reason,
+    reading,
     same_grid,
     warp_onto,
 )
 from ..outputs.grid import Grid
+
+#: Seconds a stopped run waits for the read in flight before abandoning it (a local read
+#: ends well within this; a read waiting on a stalled server would not end at all).
+READ_GRACE = 5.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,7 @@ class SceneReader:
         self._sar: rasterio.DatasetReader | WarpedVRT | None = None
         self._sar_alpha: int | None = None  # band of self._sar holding the footprint, if any
         self.sar_warped = False
+        self._abandoned = False  # a read that never returned holds the datasets
         self._opt = open_raster(self.scene_path)
         try:
             self._validate_and_open_sar()
@@ -257,29 +263,60 @@ class SceneReader:
         One reader thread reads the next batch (and warps its SAR) while the caller works
         on this one; one, because a GDAL dataset must not be read from two threads at
         once. Close the generator (or run it to the end) before closing the reader:
-        closing waits for the read in flight, which must not outlive the datasets.
+        closing waits for the read in flight, which must not outlive the datasets (up
+        to :data:`READ_GRACE` seconds: a read stuck on a stalled server is abandoned,
+        so that Ctrl-C stops the run).
         """
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         groups = [list(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)]
         if not groups:
             return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gopt-read") as pool:
-            pending: Future[tuple[np.ndarray, np.ndarray]] = pool.submit(self.read_batch, groups[0])
+        pending = self._read_ahead(groups[0])
+        try:
             for i, group in enumerate(groups):
                 images, valid = pending.result()
                 if i + 1 < len(groups):
-                    pending = pool.submit(self.read_batch, groups[i + 1])
+                    pending = self._read_ahead(groups[i + 1])
                 yield group, images, valid
+        finally:
+            self._settle(pending)
+
+    def _read_ahead(self, windows: list[Window]) -> Future[tuple[np.ndarray, np.ndarray]]:
+        """Read ``windows`` on a daemon thread (one at a time: the caller waits for each
+        before starting the next). Not a thread pool: a pool's thread is joined on exit,
+        and one waiting on a stalled server would hold a Ctrl-C'd run for minutes."""
+        future: Future[tuple[np.ndarray, np.ndarray]] = Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(self.read_batch(windows))
+            except BaseException as err:  # handed to the caller through the future
+                future.set_exception(err)
+
+        threading.Thread(target=run, name="gopt-read", daemon=True).start()
+        return future
+
+    def _settle(self, pending: Future[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Before the datasets may close: wait for the read in flight, up to
+        :data:`READ_GRACE` seconds. One still waiting then (a stalled server, and the run
+        is being stopped) is abandoned with its datasets, which :meth:`close` leaves
+        open rather than close under a live read."""
+        try:
+            pending.exception(timeout=READ_GRACE)
+        except TimeoutError:
+            self._abandoned = True
+        except CancelledError:
+            pass
 
     @staticmethod
     def _read(
         src: rasterio.DatasetReader | WarpedVRT, path: str | None, window: Window, bands: list[int]
     ) -> np.ndarray:
-        try:
+        with reading(path):  # the file or URL, and GDAL's reason
             return src.read(indexes=bands, window=window, out_dtype="float32")
-        except rasterio.errors.RasterioError as err:
-            raise InputError(f"{path}: cannot read pixels ({rasterio_reason(err)})") from None
 
     @staticmethod
     def _masks(
@@ -296,14 +333,12 @@ class SceneReader:
         An alpha band is read directly: a WarpedVRT's band masks ignore the alpha band
         it adds, so the SAR footprint would otherwise be lost.
         """
-        try:
+        with reading(path):
             if alpha is not None:
                 return src.read(alpha, window=window) > 0
             if bands is None:
                 return src.dataset_mask(window=window) > 0
             masks = src.read_masks(indexes=bands, window=window)
-        except rasterio.errors.RasterioError as err:
-            raise InputError(f"{path}: cannot read pixels ({rasterio_reason(err)})") from None
         return (masks > 0).all(axis=0)
 
     def describe(self) -> dict[str, object]:
@@ -329,6 +364,8 @@ class SceneReader:
         return info
 
     def close(self) -> None:
+        if self._abandoned:  # a read thread still uses them; they end with the process
+            return
         for ds in (self._sar if self.sar_warped else None, self._sar_src, self._opt):
             if ds is not None:
                 ds.close()

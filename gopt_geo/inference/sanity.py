@@ -23,7 +23,7 @@ import numpy as np
 
 from ..data.bands import BandRouting
 from ..errors import InputError
-from ..io import band_indexes, open_raster
+from ..io import band_indexes, display_name, interruptible, open_raster, reading
 
 #: Scene/training median ratio beyond which optical values are refused (either way).
 OPTICAL_FACTOR = 5.0
@@ -45,7 +45,11 @@ def _medians(
             max(1, round(src.height / max(scale, 1))),
             max(1, round(src.width / max(scale, 1))),
         )
-        data = src.read(bands, out_shape=shape, masked=True).astype("float64")
+        # a truncated file: one line, not a traceback; a stalled server: Ctrl-C stops it
+        with reading(display_name(path)):
+            data = interruptible(
+                lambda: src.read(bands, out_shape=shape, masked=True).astype("float64")
+            )
         dtype = src.dtypes[bands[0] - 1]
     values = np.ma.masked_invalid(data)
     out = []

@@ -9,8 +9,13 @@ their source.
 
 **Folders and manifests.** ``--optical-dir``/``--sar-dir`` pair files by stem; a scene
 whose SAR is missing is kept with its :attr:`Scene.problem` (reported as a failed scene,
-never paired with a guess). A manifest (CSV with a header, or YAML) lists ``id, optical,
-sar``; relative paths are relative to the manifest, and an ``optical`` or ``sar`` entry
+never paired with a guess). gopt-geo's own outputs in such a folder (class maps and their
+siblings, run mosaics: ``-o`` given the input folder) are never taken as scenes; a
+warning names the ones skipped. A manifest (CSV with a header, or YAML) lists ``id,
+optical, sar``; relative paths are relative to the manifest, and an ``optical`` or
+``sar`` entry may be a URL or a STAC item. A CSV may be saved by a spreadsheet: UTF-8
+with or without a byte-order mark, or else Windows-1252/Latin-1 (read so, with a
+warning), with a comma, semicolon or tab between the columns.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,8 +31,10 @@ from typing import Any
 import yaml
 
 from ..data.bands import BandRouting
+from ..data.classes import CLASSES_TAG
 from ..errors import InputError
 from ..io import display_name, gdal_path, is_remote, raster_stem
+from ..outputs.naming import FAMILY
 from .scene import STAC_SUFFIXES, Scene, gdal_string, href_suffix, is_stac, safe_id
 from .stac_scenes import (
     ASSET_KEYS,
@@ -109,18 +117,63 @@ def single_scene(
 # ---------------------------------------------------------------------------- many scenes
 
 
+#: Name suffixes of the rasters a prediction writes beside its class map (outputs.naming).
+_OUTPUT_RASTERS = tuple(v for v in FAMILY.values() if v.endswith(".tif"))
+
+
+def _tagged_by_us(path: Path) -> bool:
+    """True when ``path`` is a class map gopt-geo wrote (it carries the class scheme tag)."""
+    import rasterio
+
+    try:
+        with rasterio.open(path) as src:
+            return CLASSES_TAG in src.tags() or CLASSES_TAG in src.tags(1)
+    except Exception:  # not readable: not ours to judge; the scene reports it
+        return False
+
+
+def is_own_output(path: Path) -> bool:
+    """Whether a raster in a scene folder is one of gopt-geo's outputs: a class map (or a
+    sibling of one: confidence, probabilities, uncertainty) that carries gopt-geo's class
+    tag, or a run's class-map mosaic (``mosaic_<CRS>.vrt`` of ``*_classes.tif``)."""
+    name = path.name
+    if name.startswith("mosaic_") and path.suffix.lower() == ".vrt":
+        try:
+            head = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+        return "<Description>land cover class</Description>" in head and "_classes.tif" in head
+    for suffix in _OUTPUT_RASTERS:
+        if name.endswith(suffix):
+            class_map = path.with_name(name[: -len(suffix)] + FAMILY["class_map"])
+            return class_map.is_file() and _tagged_by_us(class_map)
+    return False
+
+
 def _rasters(folder: Path, role: str) -> dict[str, Path]:
     if not folder.is_dir():
         raise InputError(f"{folder}: {role} folder not found")
     files: dict[str, Path] = {}
+    own: list[str] = []
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.suffix.lower() in RASTER_SUFFIXES:
+            if is_own_output(path):  # -o was this folder: never map our own maps
+                own.append(path.name)
+                continue
             if path.stem in files:
                 raise InputError(
                     f"{folder}: two {role} rasters are named {path.stem} "
                     f"({files[path.stem].name}, {path.name}); keep one per scene"
                 )
             files[path.stem] = path
+    if own:
+        shown = ", ".join(own[:5]) + (f" and {len(own) - 5} more" if len(own) > 5 else "")
+        warnings.warn(
+            f"{folder}: skipped {len(own)} gopt-geo output(s) in this {role} folder ({shown}); "
+            "the tool's own outputs are never taken as scenes",
+            UserWarning,
+            stacklevel=3,
+        )
     return files
 
 
@@ -150,8 +203,55 @@ def scenes_from_dirs(
     return scenes
 
 
+#: Column separators a spreadsheet may save a CSV with (its locale decides).
+_DELIMITERS = (",", ";", "\t")
+
+
+def _manifest_text(path: Path) -> str:
+    """A manifest's text: UTF-8 (a byte-order mark, as spreadsheets write, removed), else
+    Windows-1252 or Latin-1, which every byte sequence is, with a warning that says so."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise InputError(f"{path}: cannot read the manifest ({err.strerror})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        where = f"byte {err.start}"
+    for encoding, label in (("cp1252", "Windows-1252"), ("latin-1", "Latin-1")):
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        warnings.warn(
+            f"{path}: not UTF-8 (at {where}); read as {label} (save it as UTF-8 to be sure "
+            "non-ASCII names are read as meant)",
+            UserWarning,
+            stacklevel=4,
+        )
+        return text.lstrip("\ufeff")
+    raise InputError(f"{path}: not a text file in UTF-8 or Latin-1")  # unreachable
+
+
+def _csv_rows(path: Path, text: str) -> list[dict[str, Any]]:
+    lines = text.splitlines()
+    header = next((line for line in lines if line.strip()), "")
+    delimiter = max(_DELIMITERS, key=header.count) if header else ","
+    rows = list(csv.DictReader(lines, delimiter=delimiter))
+    columns = [k.strip().lstrip("\ufeff").lower() for k in (rows[0].keys() if rows else [])]
+    if rows and "optical" not in columns:
+        raise InputError(
+            f"{path}: no 'optical' column in the header (found: {', '.join(columns) or 'none'}); "
+            "a manifest's header is id,optical,sar"
+        )
+    return [
+        {k.strip().lstrip("\ufeff").lower(): (v or "").strip() for k, v in r.items() if k}
+        for r in rows
+    ]
+
+
 def _manifest_rows(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
+    text = _manifest_text(path)
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             data = yaml.safe_load(text)
@@ -164,8 +264,7 @@ def _manifest_rows(path: Path) -> list[dict[str, Any]]:
                 f"{path}: expected a list of scenes (id, optical, sar), or 'scenes:' holding one"
             )
         return data
-    rows = list(csv.DictReader(text.splitlines()))
-    return [{k.strip().lower(): (v or "").strip() for k, v in r.items() if k} for r in rows]
+    return _csv_rows(path, text)
 
 
 def scenes_from_manifest(
