@@ -2,6 +2,10 @@
 
 No logic lives here. User mistakes (:class:`GoptGeoError`) print one line naming the
 file and the problem and exit with status 2, without a traceback.
+
+Why one module over 500 lines: it is the typer app, one short function per command
+(eleven of them) that only parses options and prints; splitting the commands apart
+would scatter the one place a user's command line is defined.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ under a hidden temporary name beside its final name and renamed when complete, s
 interrupted run never leaves a file that looks finished (:func:`atomic_path`). Every
 input raster is opened by :func:`open_raster`, which turns GDAL's errors into one line
 that names the file. Nothing here imports torch, so light commands stay light.
+
+Why one module over 500 lines: it is the one home of how files and rasters are opened,
+checked and written (atomic writes, GDAL environments, remote reads, disk errors), so
+that every layer above goes through the same rules; each part is a few short functions.
 """
 
 from __future__ import annotations

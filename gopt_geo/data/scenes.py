@@ -26,6 +26,11 @@ and the band routing. The arrays are memory-mapped read-only; a :class:`CachedSc
 whose arrays are mapped pickles as its folder, so DataLoader workers (forked or
 spawned) map the same files instead of copying them. Patches are sliced from the mapped
 arrays exactly as from the in-memory ones.
+
+Why one module over 500 lines: the dataset and its scene cache are one contract (a
+cached patch must equal the dataset's own read, pixel for pixel), and the cache's
+`locate`/`resolve` are written against the dataset's index; the disk storage itself
+lives in :mod:`.disk_cache`.
 """
 
 from __future__ import annotations

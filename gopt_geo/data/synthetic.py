@@ -76,6 +76,11 @@ streams drive the layout, the clouds, the optical noise and the speckle, so for 
 changing ``cloud_cover`` does not change the land cover. Scenes are generated and
 written in row blocks, so memory stays bounded for large scenes (8192 x 8192 and more);
 files are written under a temporary name and renamed when complete.
+
+Why one module over 500 lines: the landscape model, its rendering and the writing of
+the rasters share the spectra tables and the seeded random streams that make a seed
+give the same bytes; the thin features live in :mod:`.synthetic_features` and the
+WHU-OPT-SAR layout in :mod:`.replica`.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ here"): CUP's attention (`CUP`, ``attention``), CUP and ACP alone (`GroupingProm
 ``parts``), the assignment's logits and schedule (``CUP.scale``; `assign`'s ``noise`` and
 ``mix``) and where CUP's groups come from (`CUPContext`: the window itself, or a
 whole-scene pass).
+
+Why one module over 500 lines: CUP, ACP and the grouping prompter are one algorithm
+(the paper's prompter), with the switches between its readings beside the code they
+switch.
 """
 
 from __future__ import annotations
