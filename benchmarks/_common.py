@@ -50,6 +50,7 @@ SECTIONS = (
     "channels_last",
     "at_the_pixel",
     "loader_rate",
+    "gpu_feed",
 )
 
 HEADER = """# gopt-geo benchmarks

@@ -135,7 +135,13 @@ def main() -> None:
     C.save_raw(
         args.work,
         "loader_rate",
-        {"machine": m, "args": vars(args) | {"work": str(args.work)}, "times": times},
+        {
+            "machine": m,
+            "args": vars(args) | {"work": str(args.work)},
+            "times": times,
+            "rates": rates,
+            "patch": args.patch,
+        },
         args.quick,
     )
     rows = [

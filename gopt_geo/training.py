@@ -49,7 +49,7 @@ from torchgeo.tasks import BaseTask
 
 from . import __version__
 from .checkpoint import save_adapter
-from .config import RunConfig, TrainConfig
+from .config import RunConfig, TrainConfig, check_optical_scale
 from .data.bands import BandRouting
 from .data.classes import IGNORE_INDEX, ClassScheme
 from .errors import InputError
@@ -501,6 +501,15 @@ def train(
     dm = cfg.datamodule()
     dm.setup("fit")  # statistics first: the model's aux width and the adapter need them
     routing = dm.ensure_statistics()
+    # a scale or offset that puts reflectance out of range (wrong by 10x, the classic
+    # mistake) trains a model on nonsense without any error: say so, naming the band
+    for problem in check_optical_scale(
+        {b: routing.mean[b] for b in routing.optical_bands},
+        cfg.data.optical_scale,
+        cfg.data.optical_offset,
+        physical=True,
+    ):
+        log(f"warning: {problem}")
     model_cfg = dataclasses.replace(
         cfg.model, num_classes=scheme.num_classes, aux_channels=routing.num_aux
     )

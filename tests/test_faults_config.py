@@ -144,3 +144,19 @@ def test_per_band_scale_and_offset() -> None:
     assert check_optical_scale(means, [0.0001, 0.0001], [-1000.0, -1000.0]) == []
     (w,) = check_optical_scale(means, [0.0001, 0.01], [-1000.0, -1000.0])
     assert w.startswith("optical band NIR")
+
+
+def test_training_warns_about_an_implausible_scale(scenes, tmp_path) -> None:
+    from test_training import tiny_config
+
+    from gopt_geo.training import train
+
+    said: list[str] = []
+    cfg = tiny_config(scenes, tmp_path / "run", "data.optical_scale=0.001", "train.epochs=1")
+    train(cfg, log=said.append)
+    warnings = [line for line in said if line.startswith("warning: optical band")]
+    assert warnings and "data.optical_scale" in warnings[0]
+    said.clear()
+    train(tiny_config(scenes, tmp_path / "ok", "data.optical_scale=0.0001", "train.epochs=1"),
+          log=said.append)  # fmt: skip
+    assert not [line for line in said if line.startswith("warning: optical band")]

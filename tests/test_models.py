@@ -555,6 +555,7 @@ def test_config_and_registry_import_without_torch():
     assert "gopt_geo.models.backbone" not in loaded
 
 
+@pytest.mark.slow  # a subprocess
 def test_baselines_do_not_import_gopt():
     loaded = modules_after("import gopt_geo.models.baselines")
     assert "gopt_geo.models.base" in loaded
