@@ -153,10 +153,15 @@ def test_item_round_trip_contents_and_checksums(run: PredictionResult, adapter: 
     assert props["gopt_geo:adapter"]["variant"] == "gopt"
     assert props["gopt_geo:options"]["window"] == 64 and props["gopt_geo:options"]["uncertainty"]
     assert props["gopt_geo:version"] == props["processing:software"]["gopt-geo"]
-    derived = {link.title: link.href for link in item.links if link.rel == "derived_from"}
-    assert Path(derived["optical scene"]).name == "tile.tif"
-    assert Path(derived["SAR raster"]).parent.name == "sar"
-    assert derived["adapter"] == str(adapter.resolve())
+    derived = {link.title: link for link in item.links if link.rel == "derived_from"}
+    assert Path(derived["optical scene"].get_absolute_href() or "").name == "tile.tif"
+    assert Path(derived["SAR raster"].get_absolute_href() or "").parent.name == "sar"
+    # relative to the item (the run folder can move), the adapter with its sha256
+    assert Path(derived["adapter"].get_absolute_href() or "").resolve() == adapter.resolve()
+    assert derived["adapter"].extra_fields["file:checksum"] == "1220" + sha
+    assert props["gopt_geo:adapter"]["name"] == adapter.name
+    assert props["gopt_geo:inputs"]["optical"] == "tile.tif"
+    assert "/tmp/" not in run.item.read_text()  # no absolute local path anywhere
     report = json.loads(run.report_json.read_text())
     assert report["model"]["adapter_sha256"] == sha  # the report carries it too
 

@@ -21,7 +21,7 @@ from ..data.bands import BandRouting
 from ..data.classes import ClassScheme
 from ..outputs.grid import Grid
 from ..outputs.output_set import OutputSet
-from ..outputs.stac import build_item, item_json
+from ..outputs.stac import build_item, item_json, raster_acquisition_time
 from ..outputs.vectorize import VectorResult
 from .options import PredictOptions
 from .report import PredictionStats, build_report, render_markdown, report_json
@@ -110,6 +110,7 @@ def describe_prediction(
         model_info=model_info,
         options=options.output_settings(),
         input_hrefs={"optical scene": scene, "SAR raster": sar},
+        acquired=raster_acquisition_time(scene),  # the item's datetime when the scene says
     )
     outputs.write_text("item", item_json(item))
     return Description(stats, report, item)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..io import ensure_output_dir, raster_stem
+from ..io import disk_errors, ensure_output_dir, raster_stem
 from ..locks import folder_lock
 from .cluster import executor_for, plan_workers
 from .options import PredictOptions
@@ -149,7 +149,7 @@ def predict_many(
     scenes = list(scenes)
     _check_ids(scenes)
     # one writer per run folder: a second run would take this one's scenes as its own
-    with folder_lock(out_dir, wait=options.wait):
+    with folder_lock(out_dir, wait=options.wait), disk_errors(out_dir):
         out = ensure_output_dir(out_dir)
         settings = options.output_settings()
         task_options = dataclasses.replace(options, progress=False, overwrite=True)

@@ -32,7 +32,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from ..data.bands import BandRouting
 from ..data.classes import ClassScheme
 from ..errors import InputError
 from ..io import (
+    disk_errors,
     display_name,
     is_remote,
     open_raster,
@@ -54,6 +55,8 @@ from ..io import (
     streaming_gdal_env,
 )
 from ..locks import folder_lock
+from ..models.variants import AUX_FREE_VARIANTS as AUX_FREE
+from ..outputs.memory import ArrayOutputs
 from ..outputs.output_set import OutputSet
 from ..outputs.quicklook import optical_panel, panel_shape, write_quicklook
 from ..outputs.staging import pause_point, terminate_as_exit
@@ -66,9 +69,10 @@ from .report import PredictionStats
 from .sanity import check_inputs
 from .tiling import ModelForward, WindowPlan, stream_rows
 
-#: Model variants whose model ignores the auxiliary input (design §3): they predict
-#: without SAR; the SAR bands are fed as their training means (0 after normalising).
-AUX_FREE_VARIANTS = ("optical_only", "static_prompt")
+#: Model variants whose model ignores the auxiliary input (``models/variants.py``, the one
+#: table of them): they predict without SAR; the SAR bands are fed as their training means
+#: (0 after normalising).
+AUX_FREE_VARIANTS = AUX_FREE
 
 
 @dataclass
@@ -143,6 +147,45 @@ class Predictor:
 
     # ------------------------------------------------------------------ prediction
 
+    def predict_array(
+        self, optical: Any, sar: Any = None, options: PredictOptions | None = None
+    ) -> Any:
+        """Map in-memory arrays; returns the ``xarray.Dataset`` of
+        :func:`gopt_geo.maps.map_dataset` (as :func:`gopt_geo.maps.open_map` reads a map
+        from files) and writes no file.
+
+        ``optical`` and ``sar``: ``xarray.DataArray`` (band, y, x) with their CRS and
+        transform (rioxarray's, as ``odc.stac.load`` and ``rioxarray.open_rasterio`` give
+        them; a Dataset of one variable per band and one time step is taken too). Bands
+        are selected by the band coordinate's names when it names the model's bands,
+        else taken in order. SAR on another grid is warped onto the optical grid as for
+        files. ``options``: the tiling (window, overlap, margin, batch size) and which of
+        confidence, uncertainty and probabilities to return; the file options are unused.
+        """
+        from ..outputs.memory import raster_in_memory
+
+        options = options if options is not None else PredictOptions()
+        routing = self.routing
+        with ExitStack() as stack:
+            stack.enter_context(streaming_gdal_env())
+            scene = stack.enter_context(raster_in_memory(optical, "optical", routing.optical_bands))
+            sar_path = None
+            if sar is not None:
+                sar_path = stack.enter_context(raster_in_memory(sar, "SAR", routing.sar_bands))
+            reader_routing, pad_sar = self._reader_routing(scene, sar_path)
+            check_inputs(scene, sar_path if not pad_sar else None, reader_routing)
+            with SceneReader(scene, sar_path, reader_routing) as reader:
+                plan = WindowPlan.for_grid(
+                    reader.grid.height,
+                    reader.grid.width,
+                    options.window,
+                    options.overlap,
+                    options.margin_pixels,
+                )
+                outputs = ArrayOutputs(self.classes, reader.grid, options)
+                self._map(reader, plan, outputs, options, pad_sar)
+        return outputs.dataset()
+
     def predict(
         self,
         scene: str | Path,
@@ -161,6 +204,7 @@ class Predictor:
             streaming_gdal_env(),
             terminate_as_exit(),
             folder_lock(out_dir, wait=options.wait),
+            disk_errors(out_dir),  # a full disk: one line naming the folder
         ):
             return self._predict(scene, sar, Path(out_dir), options)
 
@@ -302,7 +346,7 @@ class Predictor:
         self,
         reader: SceneReader,
         plan: WindowPlan,
-        outputs: OutputSet,
+        outputs: OutputSet | ArrayOutputs,
         options: PredictOptions,
         pad_sar: int = 0,
     ) -> None:

@@ -4,10 +4,10 @@
 failed with reasons, time, scenes/hour, class areas summed over the run),
 ``index.parquet`` (GeoParquet, one row per scene: footprint, paths, class areas,
 status), ``mosaic_<CRS>.vrt`` (the class maps of each CRS as one raster: QGIS opens the
-whole run as one layer) and a STAC collection linking the items the scenes' runs wrote.
-It reads only what the scenes left on disk (their reports and class maps) and the
-outcomes :mod:`.runner` reported, so an interrupted run is described as well as a
-finished one.
+whole run as one layer, styled by ``mosaic_<CRS>.qml``) and a STAC collection linking
+the items the scenes' runs wrote (and giving each its collection). It reads only what
+the scenes left on disk (their reports and class maps) and the outcomes :mod:`.runner`
+reported, so an interrupted run is described as well as a finished one.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from xml.sax.saxutils import escape
 from rasterio.crs import CRS
 
 from .. import __version__
+from ..data.classes import scheme_from_tags
 from ..io import atomic_path, open_raster, strict_json, write_text_atomic
-from ..outputs.stac import write_collection
+from ..outputs.stac import input_name, write_collection
+from ..outputs.styles import paletted_qml
 from .runner import SceneOutcome
 from .scene import Scene, safe_id
 
@@ -120,7 +122,11 @@ def write_run_outputs(
     items = [p for p in items if p.exists()]
     collection = (
         write_collection(
-            items, out, description=f"gopt-geo land-cover maps made with {adapter}", overwrite=True
+            items,
+            out,
+            # the adapter by name: no local path in the catalogue (the folder may move)
+            description=f"gopt-geo land-cover maps made with {input_name(adapter)}",
+            overwrite=True,
         )
         if items
         else None
@@ -231,12 +237,36 @@ def write_mosaics(out: Path, mapped: Sequence[tuple[SceneOutcome, Any]]) -> dict
                         "nodata": src.nodata,
                         "colormap": _colormap(src),
                         "tags": src.tags(1),
+                        "scheme": scheme_from_tags(src.tags()),
                     }
                 )
         final = out / f"mosaic_{_crs_tag(infos[0]['crs'])}.vrt"
         write_text_atomic(final, _mosaic_xml(final.parent, infos))
+        entries = _mosaic_entries(infos[0])
+        if entries:  # QGIS loads NAME.qml beside NAME.vrt, as beside each class map
+            write_text_atomic(final.with_suffix(".qml"), paletted_qml(entries))
         written[key] = final
     return written
+
+
+def _mosaic_entries(first: dict[str, Any]) -> list[tuple[int, str, tuple[int, ...]]]:
+    """(code, name, colour) of the mosaic's classes: the maps' scheme, else their band
+    tags and colour table."""
+    scheme = first["scheme"]
+    if scheme is not None:
+        return [(c.code, c.name, tuple(c.color)) for c in scheme.classes]
+    cmap = first["colormap"] or {}
+    names = _band_names(first["tags"])
+    return [(code, name, tuple(cmap[code][:3])) for code, name in names.items() if code in cmap]
+
+
+def _band_names(tags: dict[str, str]) -> dict[int, str]:
+    """Class names from a class map's band tags (``CLASS_<code>``)."""
+    return {
+        int(k.split("_", 1)[1]): v
+        for k, v in tags.items()
+        if k.startswith("CLASS_") and k.split("_", 1)[1].isdigit()
+    }
 
 
 def _colormap(src: Any) -> dict[int, tuple[int, ...]] | None:
@@ -267,20 +297,23 @@ def _mosaic_xml(folder: Path, infos: Sequence[dict[str, Any]]) -> str:
     ]
     if nodata is not None:
         lines.append(f"<NoDataValue>{int(nodata)}</NoDataValue>")
-    names = {
-        int(k.split("_", 1)[1]): v
-        for k, v in first["tags"].items()
-        if k.startswith("CLASS_") and k.split("_", 1)[1].isdigit()
-    }
-    if names:
+    # category names and a colour table as long as the highest class code, codes of no
+    # class transparent (the maps' own TIFF palette has 256 opaque entries)
+    entries = {code: (name, color) for code, name, color in _mosaic_entries(first)}
+    if not entries:
+        names = _band_names(first["tags"])
+        entries = {code: (name, (0, 0, 0)) for code, name in names.items()}
+    if entries:
         lines.append("<CategoryNames>")
-        lines += [f"<Category>{escape(names.get(c, ''))}</Category>" for c in range(max(names) + 1)]
+        lines += [
+            f"<Category>{escape(entries[c][0] if c in entries else '')}</Category>"
+            for c in range(max(entries) + 1)
+        ]
         lines.append("</CategoryNames>")
-    if first["colormap"]:
+    if first["colormap"] and entries:
         lines.append("<ColorInterp>Palette</ColorInterp><ColorTable>")
-        cmap = first["colormap"]
-        for value in range(max(cmap) + 1):
-            r, g, b, a = cmap.get(value, (0, 0, 0, 0))
+        for value in range(max(entries) + 1):
+            r, g, b, a = (*entries[value][1][:3], 255) if value in entries else (0, 0, 0, 0)
             lines.append(f'<Entry c1="{r}" c2="{g}" c3="{b}" c4="{a}"/>')
         lines.append("</ColorTable>")
     for info in infos:

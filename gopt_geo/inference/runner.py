@@ -14,6 +14,7 @@ internal is imported here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -24,18 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import rasterio
+
 from ..errors import InputError
+from ..io import REMOTE_GDAL_OPTIONS, apply_http_defaults, is_remote, rasterio_reason
 from .options import PredictOptions
 from .scene import Scene
 
-#: GDAL settings for remote inputs in worker processes (set only where not set already):
-#: one request per file instead of a folder listing, and GDAL's own retries of HTTP
-#: errors that usually pass (429, 5xx) before a scene is failed.
-REMOTE_ENV = {
-    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    "GDAL_HTTP_MAX_RETRY": "3",
-    "GDAL_HTTP_RETRY_DELAY": "1",
-}
 #: Words in an error that mark it as worth another try: the network or the cluster
 #: failed, not the inputs. A corrupt file, a missing band or no overlap is never retried.
 TRANSIENT_MARKERS = (
@@ -66,10 +62,12 @@ def is_transient(err: BaseException) -> bool:
 
 
 def one_line(err: BaseException) -> str:
-    """A failure as one line: a user mistake's own message, else type and first line."""
+    """A failure as one line: a user mistake's own message, else type and first line (for
+    a GDAL error its own reason, never "See previous exception")."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if isinstance(err, InputError):
         return text or "invalid input"
+    text = rasterio_reason(err) if text else text
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
@@ -145,14 +143,20 @@ def map_scene(task: SceneTask) -> SceneOutcome:
         start = time.perf_counter()
         loaded = False
         try:
-            for key, value in REMOTE_ENV.items():
-                os.environ.setdefault(key, value)
+            apply_http_defaults()  # bounded waits, retries of 429/5xx (io.HTTP_DEFAULTS)
             predictor, loaded = _predictor(task)
             if task.threads:
                 torch.set_num_threads(task.threads)  # after loading: it may apply --threads
-            # overwrite=True: the output set replaces a stale set whole (and what a killed
-            # attempt left); finished scenes were skipped before the task was made
-            result = predictor.predict(scene.optical, scene.sar, Path(task.folder), task.options)
+            # a remote scene (a VRT stack of STAC assets opens its files lazily): no folder
+            # listing per file, for this scene only (set for good, it would hide the
+            # .aux.xml sidecars of every local file the process opens later)
+            remote = any(is_remote(p) for p in (scene.optical, scene.sar) if p)
+            with rasterio.Env(**REMOTE_GDAL_OPTIONS) if remote else contextlib.nullcontext():
+                # overwrite=True: the output set replaces a stale set whole (and what a
+                # killed attempt left); finished scenes were skipped before the task was made
+                result = predictor.predict(
+                    scene.optical, scene.sar, Path(task.folder), task.options
+                )
         except Exception as err:  # the scene's failure, reported; the others go on
             return SceneOutcome(
                 scene.id,

@@ -137,21 +137,20 @@ def raster_metadata(
         return class_map_metadata(classes, nodata, scene_id, adapter_sha256)
     if name == "confidence":
         return {
-            "descriptions": [f"confidence (max class probability x {CONFIDENCE_SCALE})"],
+            # the band's scale turns the bytes into 0..1: that is what GIS legends show
+            "descriptions": ["confidence (max class probability, 0-1)"],
             "scales": [1 / CONFIDENCE_SCALE],
             "tags": {"NODATA_MEANING": "0: no prediction (input nodata)"},
         }
     if name == "uncertainty":
         return {
-            "descriptions": [
-                f"uncertainty (entropy / log(classes) x {UNCERTAINTY_SCALE}; 0: certain)"
-            ],
+            "descriptions": ["uncertainty (entropy / log(classes), 0: certain - 1: uniform)"],
             "scales": [1 / UNCERTAINTY_SCALE],
             "tags": {"NODATA_MEANING": f"{UNCERTAINTY_NODATA}: no prediction"},
         }
     members = classes.classes
     return {
-        "descriptions": [f"p({c.name}) x {PROBABILITY_SCALE}" for c in members],
+        "descriptions": [f"p({c.name}), 0-1" for c in members],
         "scales": [1 / PROBABILITY_SCALE] * len(members),
         "band_tags": {i + 1: {"CLASS_CODE": str(c.code)} for i, c in enumerate(members)},
     }

@@ -3,18 +3,27 @@
 Catalogues, STAC browsers and tools such as ``odc-stac`` or ``stackstac`` find maps through
 STAC. :func:`build_item` describes one run's output set with core STAC 1.1 and the
 ``proj`` (CRS, transform, shape), ``raster`` (band types, nodata, scales), ``classification``
-(the class map's codes, names and colours) and ``file`` (size and sha256 multihash of
-every file) extensions, plus gopt-geo's provenance: the adapter's sha256, backbone and
-variant, the run's options, the gopt-geo version and the input hrefs (also as
-``derived_from`` links). Asset hrefs are relative (``./NAME``), so the output folder can be
-moved or uploaded as it is. The item is written inside the output set, so the sizes and
-checksums describe exactly the files committed beside it.
+(the class map's codes, names and colours), ``file`` (size and sha256 multihash of
+every file) and ``processing`` (software, processing time) extensions, plus gopt-geo's
+provenance: the adapter's sha256, backbone and variant, the run's options, the gopt-geo
+version and the inputs (also as ``derived_from`` links). The item is written inside the
+output set, so the sizes and checksums describe exactly the files committed beside it.
 
-The item's ``datetime`` is the processing time: gopt-geo does not know when the input was
-acquired; ``gopt_geo:datetime`` says so.
+No absolute local path is written anywhere, so a run folder can be moved, copied or
+uploaded as it is and its items still open: asset hrefs are relative to the item
+(``./NAME``); inputs are linked by URL when they came from one (its query string, which
+may hold a signature, left out), else by their path relative to the item; the adapter by
+its relative path with its sha256 (``file:checksum``), and by name in the properties.
+
+The item's ``datetime`` is the acquisition time of the input when gopt-geo can know it
+(:func:`acquisition_time`: the raster's ``IMAGERY`` metadata or an acquisition tag, which
+a scene stacked from a STAC item carries from that item), else the processing time;
+``gopt_geo:datetime`` says which. The processing time is always in
+``processing:datetime``.
 
 :func:`write_collection` links several items (``predict-many``) in a Collection whose
-extent covers them all.
+extent covers them all, and gives each item its collection (the ``collection`` field and
+``collection``/``parent``/``root`` links, all relative).
 """
 
 from __future__ import annotations
@@ -22,10 +31,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import unescape
 
 import numpy as np
 import pystac
@@ -154,23 +165,121 @@ def _raster_bands(name: str, classes: ClassScheme, nodata: int, resolution: floa
 
 
 def _input_links(
-    inputs: Mapping[str, str | os.PathLike[str] | None], model_info: Mapping[str, Any]
+    inputs: Mapping[str, str | os.PathLike[str] | None],
+    model_info: Mapping[str, Any],
+    base: Path,
 ) -> list[pystac.Link]:
-    """``derived_from`` links to the inputs (title -> path or URL) and the adapter; an
-    input held as an inline VRT document (STAC assets stacked) has no href to link."""
+    """``derived_from`` links to the inputs (title -> path or URL) and the adapter (with
+    its sha256 as ``file:checksum``); an input held as an inline VRT document (STAC
+    assets stacked) is linked through the STAC item it came from when it names one."""
     links = []
-    named = {**inputs, "adapter": model_info.get("adapter")}
-    for title, href in named.items():
-        if href is not None and not str(href).lstrip().startswith("<"):
-            links.append(pystac.Link("derived_from", _href(str(href)), title=title))
+    for title, href in inputs.items():
+        if href is None:
+            continue
+        text = str(href)
+        if text.lstrip().startswith("<"):
+            text = source_item(text) or ""
+            title = f"{title} (STAC item)"
+        if text:
+            links.append(pystac.Link("derived_from", portable_href(text, base), title=title))
+    adapter = model_info.get("adapter")
+    if adapter:
+        sha = model_info.get("adapter_sha256")
+        extra = {"file:checksum": f"1220{sha}"} if sha else None
+        href = portable_href(str(adapter), base)
+        links.append(pystac.Link("derived_from", href, title="adapter", extra_fields=extra))
     return links
 
 
-def _href(path: str) -> str:
-    """An input as an href: URLs as they are, local files as absolute paths."""
+def _adapter_name(model_info: Mapping[str, Any]) -> str | None:
+    adapter = model_info.get("adapter")
+    return input_name(str(adapter)) if adapter else None
+
+
+def portable_href(path: str, base: Path) -> str:
+    """An input as an href that survives moving the run folder: a URL as it is (without
+    its query string, which may hold a signature), a local file relative to ``base`` (the
+    item's folder; its name alone where no relative path exists, another drive)."""
     if "://" in path or path.startswith("/vsi"):
-        return path
-    return os.path.abspath(path)
+        return path.split("?", 1)[0]
+    try:
+        return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(base))).as_posix()
+    except ValueError:  # another drive (Windows)
+        return Path(path).name
+
+
+def input_name(path: str | None) -> str | None:
+    """How the item's properties name an input: a URL (without its query) or a file's
+    name; a stacked scene by its label."""
+    if path is None:
+        return None
+    text = str(path)
+    if "://" in text or text.startswith("/vsi"):
+        return text.split("?", 1)[0]
+    return Path(text).name
+
+
+#: Where a raster says when it was acquired, in the order they are trusted: GDAL's
+#: ``IMAGERY`` metadata (DigitalGlobe, Pleiades, SPOT... readers), the tag a scene stacked
+#: from a STAC item carries, common product tags, and last the TIFF's own date.
+ACQUISITION_TAGS: tuple[tuple[str, str], ...] = (
+    ("IMAGERY", "ACQUISITIONDATETIME"),
+    ("", "ACQUISITION_DATETIME"),
+    ("", "ACQUISITIONDATETIME"),
+    ("", "ACQUISITION_DATE"),
+    ("", "DATE_ACQUIRED"),
+    ("", "SENSING_TIME"),
+    ("", "PRODUCT_START_TIME"),
+    ("", "DATATAKE_1_DATATAKE_SENSING_START"),
+    ("", "TIFFTAG_DATETIME"),
+)
+#: Tag of a stacked STAC scene (a VRT document) naming the STAC item it came from.
+SOURCE_ITEM_TAG = "GOPT_GEO_STAC_ITEM"
+
+
+def parse_datetime(text: str) -> datetime | None:
+    """A timestamp as rasters write it (ISO 8601, ``YYYY:MM:DD HH:MM:SS`` of TIFF, a date
+    alone), in UTC (naive times taken as UTC); None when it is not one."""
+    text = text.strip()
+    if len(text) >= 10 and text[4] == ":" and text[7] == ":":  # TIFF: 2020:05:01 10:20:30
+        text = f"{text[:4]}-{text[5:7]}-{text[8:]}"
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def acquisition_time(tags: Mapping[str, Mapping[str, str]]) -> tuple[datetime, str] | None:
+    """(time, ``DOMAIN:TAG`` it came from) from a raster's tags by domain (``""``: the
+    default domain); None when no tag of :data:`ACQUISITION_TAGS` holds a time."""
+    for domain, key in ACQUISITION_TAGS:
+        value = (tags.get(domain) or {}).get(key)
+        parsed = parse_datetime(value) if value else None
+        if parsed is not None:
+            return parsed, f"{domain}:{key}" if domain else key
+    return None
+
+
+def raster_acquisition_time(path: str | os.PathLike[str]) -> tuple[datetime, str] | None:
+    """:func:`acquisition_time` of a raster (path, URL or VRT document); None when it
+    says nothing or cannot be read (the item then carries the processing time)."""
+    from ..io import open_raster
+
+    try:
+        with open_raster(path) as src:
+            tags = {
+                domain: src.tags(ns=domain or None) for domain in {d for d, _ in ACQUISITION_TAGS}
+            }
+    except Exception:  # noqa: BLE001 - metadata only: never fails a finished run
+        return None
+    return acquisition_time(tags)
+
+
+def source_item(vrt_document: str) -> str | None:
+    """The STAC item a stacked scene (VRT document) came from, when its metadata says."""
+    match = re.search(rf'<MDI key="{SOURCE_ITEM_TAG}">([^<]*)</MDI>', vrt_document)
+    return unescape(match.group(1)) if match and match.group(1) else None
 
 
 def build_item(
@@ -185,6 +294,7 @@ def build_item(
     options: Mapping[str, Any],
     input_hrefs: Mapping[str, str | os.PathLike[str] | None] | None = None,
     created: datetime | None = None,
+    acquired: tuple[datetime, str] | None = None,
 ) -> pystac.Item:
     """The STAC item of one run (module docstring).
 
@@ -192,9 +302,11 @@ def build_item(
     names them) to ``(final path, path of the finished file now)``: hrefs come from the
     first, sizes and checksums from the second. ``inputs`` is the reader's description
     (names as messages give them), ``input_hrefs`` the inputs as given (title -> path or
-    URL), linked as ``derived_from``.
+    URL), linked as ``derived_from``; ``acquired`` the input's acquisition time and the
+    tag it came from (:func:`acquisition_time`), else the item's time is ``created``.
     """
     created = created or datetime.now(UTC)
+    base = Path(next(iter(files.values()))[0]).parent if files else Path.cwd()
     footprint = footprint_wgs84(grid)
     geometry, bbox = footprint if footprint is not None else (None, None)
     config = model_info.get("config") or {}
@@ -202,26 +314,33 @@ def build_item(
         id=scene_id,
         geometry=geometry,
         bbox=bbox,
-        datetime=created,
+        datetime=acquired[0] if acquired else created,
         properties={
             "created": pystac.utils.datetime_to_str(created),
             "title": f"Land cover of {scene_id}",
             "processing:software": {"gopt-geo": __version__},
             "processing:datetime": pystac.utils.datetime_to_str(created),
-            "gopt_geo:datetime": "processing time (the acquisition time is not known)",
+            "gopt_geo:datetime": (
+                f"acquisition time of the input (its {acquired[1]} tag)"
+                if acquired
+                else "processing time (the input does not say when it was acquired)"
+            ),
             "gopt_geo:version": __version__,
             "gopt_geo:adapter": {
-                "href": str(model_info["adapter"]) if model_info.get("adapter") else None,
+                "name": _adapter_name(model_info),
                 "sha256": model_info.get("adapter_sha256"),
                 "variant": config.get("variant"),
                 "backbone": model_info.get("backbone"),
             },
             "gopt_geo:options": dict(options),
-            "gopt_geo:inputs": {"optical": inputs.get("scene"), "sar": inputs.get("sar")},
+            "gopt_geo:inputs": {
+                "optical": input_name(inputs.get("scene")),
+                "sar": input_name(inputs.get("sar")),
+            },
         },
         stac_extensions=[PROCESSING_SCHEMA],
     )
-    for link in _input_links(input_hrefs or {}, model_info):
+    for link in _input_links(input_hrefs or {}, model_info, base):
         item.add_link(link)
     proj = ProjectionExtension.ext(item, add_if_missing=True)
     proj.code = None  # no CRS (pixel grid only), unless set below
@@ -287,8 +406,8 @@ def write_collection(
 
     For ``predict-many``: pass the items each scene's run wrote
     (``PredictionResult.item``). Item hrefs are relative to the collection, so the folder
-    can be moved as it is. The items are not modified (they were committed with their own
-    output sets).
+    can be moved as it is. Each item gets its collection (:func:`join_collection`); nothing
+    else in it changes.
     """
     out_dir = ensure_output_dir(out_dir)
     path = out_dir / file_name
@@ -339,9 +458,39 @@ def write_collection(
     )
     collection.stac_extensions = []
     for item, item_path in loaded:
-        rel = os.path.relpath(item_path.resolve(), out_dir.resolve())
+        rel = Path(os.path.relpath(item_path.resolve(), out_dir.resolve())).as_posix()
         collection.add_link(
             pystac.Link("item", f"./{rel}", media_type=pystac.MediaType.JSON, title=item.id)
         )
     d = collection.to_dict(include_self_link=False, transform_hrefs=False)
-    return write_text_atomic(path, json.dumps(d, indent=2) + "\n")
+    own = {"href": f"./{file_name}", "type": pystac.MediaType.JSON, "title": collection.title}
+    own = {k: v for k, v in own.items() if v is not None}
+    d["links"] = [{"rel": "root", **own}, {"rel": "self", **own}, *d["links"]]
+    written = write_text_atomic(path, json.dumps(d, indent=2) + "\n")
+    for _, item_path in loaded:
+        join_collection(item_path, written, collection_id)
+    return written
+
+
+#: Link relations that tie an item to its collection (rewritten by :func:`join_collection`).
+COLLECTION_RELS = ("collection", "parent", "root")
+
+
+def join_collection(item_path: Path, collection_path: Path, collection_id: str) -> None:
+    """Give the item at ``item_path`` its collection: the ``collection`` field and
+    ``collection``, ``parent`` and ``root`` links, relative to the item (rewritten in
+    place, atomically, only when they change). The item's own checksums describe the
+    other files of its set, so they stay true."""
+    try:
+        d = json.loads(item_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{item_path}: cannot read the STAC item ({exc})") from None
+    rel = Path(os.path.relpath(collection_path.resolve(), item_path.resolve().parent)).as_posix()
+    href = rel if rel.startswith(".") else f"./{rel}"
+    links = [link for link in d.get("links", []) if link.get("rel") not in COLLECTION_RELS]
+    links += [
+        {"rel": rel_, "href": href, "type": pystac.MediaType.JSON} for rel_ in COLLECTION_RELS
+    ]
+    updated = {**d, "collection": collection_id, "links": links}
+    if updated != d:
+        write_text_atomic(item_path, json.dumps(updated, indent=2) + "\n")

@@ -70,6 +70,11 @@ from .writers import ADAPTER_TAG, SCENE_TAG
 
 #: ``vector`` option of a prediction -> file suffix of the vector land cover.
 VECTOR_FORMATS = {"gpkg": ".gpkg", "parquet": ".parquet", "geojson": ".geojson"}
+#: The GeoPackage version written. GDAL >= 3.7 writes 1.4 by default, which GDAL 3.6 and
+#: QGIS 3.22 (the long-term-support generation many agencies run) open with a warning
+#: that it "may only be partially supported"; 1.2 opens without one in every GDAL >= 2.2
+#: and holds all gopt-geo writes (polygons, the ``layer_styles`` table).
+GPKG_VERSION = "1.2"
 #: File suffix -> output driver.
 DRIVERS = {
     ".gpkg": "GPKG",
@@ -200,9 +205,16 @@ class _Sink:
                     append=self._created,
                     geometry_type="Polygon",
                     promote_to_multi=False,
+                    **self._creation_options(),
                 )
             self._created = True
         self.count += len(frame)
+
+    def _creation_options(self) -> dict[str, Any]:
+        """GeoPackage version :data:`GPKG_VERSION`, set when the file is created."""
+        if self.driver == "GPKG" and not self._created:
+            return {"dataset_options": {"VERSION": GPKG_VERSION}}
+        return {}
 
     def close(self) -> None:
         """Complete the file (GeoParquet: its ``geo`` metadata); the caller renames it."""
@@ -538,3 +550,17 @@ def _write_batch(
         area_by_code[int(code)] = area_by_code.get(int(code), 0.0) + float(a)
     sink.write(frame)
     return dropped
+
+
+def read_polygons(path: str | Path, layer: str | None = None) -> gpd.GeoDataFrame:
+    """The polygons of a gopt-geo vector output (or any .gpkg, .parquet, .geojson).
+
+    GeoParquet is read with pyarrow (``geopandas.read_parquet``), never through GDAL: the
+    GDAL inside pyogrio's wheels has no usable Parquet driver ("libduckdb.so: cannot open
+    shared object file"), and GDAL's own Parquet driver needs GDAL >= 3.8 built with Arrow.
+    Everything else goes through pyogrio.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".parquet", ".geoparquet"):
+        return gpd.read_parquet(path)
+    return gpd.read_file(path, layer=layer, engine="pyogrio")

@@ -10,8 +10,9 @@ failed or interrupted run therefore never leaves a file that looks finished.
 
 The class map carries what a GIS or a notebook needs to read it without gopt-geo: the
 nodata value, a colour table keyed by class code, the class names and codes as tags
-(``GOPT_GEO_CLASSES`` holds the JSON class scheme) and a GDAL raster attribute table in a
-``.aux.xml`` sidecar (QGIS shows the class names from it).
+(``GOPT_GEO_CLASSES`` holds the JSON class scheme) and, in GDAL's ``.aux.xml`` sidecar,
+category names, a colour table without filler and a raster attribute table
+(:func:`rat_xml`): QGIS shows the class names and colours from it without the ``.qml``.
 """
 
 from __future__ import annotations
@@ -206,18 +207,38 @@ def class_map_metadata(
 
 
 def rat_xml(rows: list[tuple[int, str, tuple[int, int, int]]]) -> str:
-    """A GDAL PAM ``.aux.xml`` document with a thematic raster attribute table: one row
-    (value, name, red, green, blue) per class.
+    """A GDAL PAM ``.aux.xml`` document that names and colours the classes of band 1:
+    one row (value, name, red, green, blue) per class.
 
-    GeoTIFF cannot hold a raster attribute table itself; GDAL keeps it in this sidecar
-    and QGIS uses it to label the classes.
+    It holds the classes three ways, because readers differ in which they use:
+
+    - GDAL category names (``CategoryNames``, indexed by code; empty for unused codes):
+      QGIS labels a paletted layer opened without its ``.qml`` with them;
+    - a colour table as long as the highest code, unused codes transparent: GDAL takes
+      it over the GeoTIFF's own palette, which TIFF fixes at 256 opaque entries (QGIS
+      would list 248 of them as black classes);
+    - a thematic raster attribute table (ArcGIS, ``gdalinfo``, GDAL's RAT API).
+
+    Codes above 255 (a transition map of many classes) get the table only: a category
+    list or palette that long would be mostly empty. GeoTIFF cannot hold any of this
+    itself; GDAL keeps it in this sidecar.
     """
+    lines = ["<PAMDataset>", '  <PAMRasterBand band="1">']
+    top = max((value for value, _, _ in rows), default=-1)
+    if 0 <= top <= 255 and all(value >= 0 for value, _, _ in rows):
+        by_code = {value: (label, color) for value, label, color in rows}
+        lines.append("    <CategoryNames>")
+        for code in range(top + 1):
+            label = escape(by_code[code][0]) if code in by_code else ""
+            lines.append(f"      <Category>{label}</Category>")
+        lines += ["    </CategoryNames>", "    <ColorInterp>Palette</ColorInterp>"]
+        lines.append("    <ColorTable>")
+        for code in range(top + 1):
+            r, g, b, a = (*by_code[code][1][:3], 255) if code in by_code else (0, 0, 0, 0)
+            lines.append(f'      <Entry c1="{r}" c2="{g}" c3="{b}" c4="{a}"/>')
+        lines.append("    </ColorTable>")
     fields = [("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8)]
-    lines = [
-        "<PAMDataset>",
-        '  <PAMRasterBand band="1">',
-        '    <GDALRasterAttributeTable tableType="thematic">',
-    ]
+    lines.append('    <GDALRasterAttributeTable tableType="thematic">')
     for i, (name, ftype, usage) in enumerate(fields):
         lines.append(
             f'      <FieldDefn index="{i}"><Name>{name}</Name><Type>{ftype}</Type>'
