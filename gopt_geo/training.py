@@ -21,7 +21,8 @@ segmentation task, and why:
   Lightning's resume included, is ``weights_only`` (:mod:`gopt_geo.run_folder`, which
   also keeps one run per folder);
 - ``train.class_weights: auto`` weighs the loss by the training labels' class shares
-  (:func:`auto_class_weights`), so rare classes are not traded away for common ones.
+  (:mod:`gopt_geo.class_weights`), so rare classes are not traded away for common ones;
+  the callbacks (adapter export, step seeds) are :mod:`gopt_geo.training_callbacks`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,16 +49,14 @@ from torch import nn
 from torchgeo.tasks import BaseTask
 
 from . import __version__
-from .checkpoint import save_adapter
+from .class_weights import AUTO_WEIGHT_CAP, auto_class_weights, resolve_class_weights
 from .config import RunConfig, TrainConfig, check_optical_scale
 from .data.bands import BandRouting
 from .data.classes import IGNORE_INDEX, ClassScheme
-from .errors import InputError
-from .evaluation import Metrics, confusion_matrix, metrics_from_confusion
+from .evaluation import confusion_matrix, metrics_from_confusion
 from .io import (
     disk_errors,
     ensure_output_dir,
-    finite_or_none,
     resolve_device,
     strict_json,
     write_text_atomic,
@@ -73,6 +72,19 @@ from .run_folder import (
     loggers_for,
     read_resume_checkpoint,
 )
+from .training_callbacks import AdapterExport, StepSeeds, record_last_epoch
+
+__all__ = [
+    "AUTO_WEIGHT_CAP",
+    "AdapterExport",
+    "GoPTTask",
+    "StepSeeds",
+    "TrainResult",
+    "auto_class_weights",
+    "record_last_epoch",
+    "resolve_class_weights",
+    "train",
+]
 
 
 def random_flips(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -85,65 +97,6 @@ def random_flips(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         image = torch.where(flip[:, None, None, None], image.flip(dim), image)
         mask = torch.where(flip[:, None, None], mask.flip(dim), mask)
     return {**batch, "image": image, "mask": mask}
-
-
-#: ``train.class_weights: auto``: the largest weight a class gets, relative to the
-#: pixel-weighted mean weight of 1. Seven classes, one of them with 1 % of the pixels
-#: and six even: 3.9 for the rare one, 0.97 for the others; at 0.1 % it would be 12.8,
-#: capped; without a cap a class of a few pixels would get hundreds and its label noise
-#: would steer training. Classes absent from the counted training pixels get the cap.
-AUTO_WEIGHT_CAP = 10.0
-
-
-def auto_class_weights(pixels: Sequence[int] | np.ndarray) -> list[float]:
-    """Cross-entropy class weights from the training labels' pixels per class.
-
-    A class's weight is the inverse square root of its share of the labelled pixels,
-    scaled so that the pixel-weighted mean weight, sum(share * weight), is 1: on the
-    training distribution the loss keeps the scale of the unweighted loss, common classes
-    weigh a little under 1 and rare ones more (the square root: inverse shares would
-    trade the common classes' accuracy away for a few rare pixels). Weights are then
-    capped at :data:`AUTO_WEIGHT_CAP`, and a class with no counted pixel gets the cap
-    (rarer than any counted one; if it is truly absent from training its weight is never
-    used, since a class's weight only scales pixels labelled with it).
-    """
-    counts = np.asarray(pixels, dtype=np.float64)
-    if counts.ndim != 1 or (counts < 0).any():
-        raise ValueError(f"expected pixel counts per class, got {pixels!r}")
-    total = counts.sum()
-    if total <= 0:
-        raise ValueError("no labelled pixel to derive class weights from")
-    root = np.sqrt(counts / total)
-    weights = np.full(counts.shape, AUTO_WEIGHT_CAP)
-    present = counts > 0
-    weights[present] = 1.0 / (root[present] * root.sum())
-    return [float(w) for w in np.minimum(weights, AUTO_WEIGHT_CAP)]
-
-
-def resolve_class_weights(
-    train_cfg: TrainConfig, scheme: ClassScheme, pixels: Callable[[], np.ndarray]
-) -> list[float] | None:
-    """``train.class_weights`` as the loss takes them: None, the configured list (one
-    per class of the scheme), or ``auto`` derived from ``pixels`` (a callable giving the
-    training labels' pixels per class, called only for ``auto``)."""
-    weights = train_cfg.class_weights
-    if weights is None:
-        return None
-    if weights == "auto":
-        counts = pixels()
-        if int(np.sum(counts)) == 0:
-            raise InputError(
-                "train.class_weights: auto found no labelled pixel in the training patches "
-                "read for statistics (data.stats_patches); raise it or give the weights"
-            )
-        return auto_class_weights(counts)
-    assert isinstance(weights, list)
-    if len(weights) != scheme.num_classes:
-        raise InputError(
-            f"train.class_weights: {len(weights)} weights for {scheme.num_classes} classes "
-            f"({', '.join(scheme.names)}); give one per class, in that order, or auto"
-        )
-    return [float(w) for w in weights]
 
 
 class GoPTTask(BaseTask):
@@ -299,123 +252,6 @@ class GoPTTask(BaseTask):
         full = self.state_dict()
         full.update(checkpoint["state_dict"])
         checkpoint["state_dict"] = full
-
-
-class AdapterExport(Callback):
-    """Writes the adapter file whenever the validation mIoU improves.
-
-    It keeps the scores of the epoch it wrote (:attr:`best`: ``val``, ``epoch``,
-    ``step``) and of the last validated epoch (:attr:`last`), so that what a run reports
-    as the adapter's scores are the adapter's, and the last epoch's are labelled as such.
-    Both are part of the checkpoint (``state_dict``): a resumed run replaces the adapter
-    only with a better epoch than any before the interruption, and reports the same.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        metadata: dict[str, Any],
-        checkpoint_io: AtomicCheckpointIO | None = None,
-    ) -> None:
-        self.path = path
-        self.metadata = metadata
-        # with it, the adapter is staged and renamed into place only once the checkpoint
-        # of the same epoch is saved: a full disk never leaves an adapter ahead of it
-        self.checkpoint_io = checkpoint_io
-        self.best_score = -float("inf")
-        self.best: dict[str, Any] = {}
-        self.last: dict[str, Any] = {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best_score, "best_metrics": self.best, "last_metrics": self.last}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best_score = float(state_dict.get("best", -float("inf")))
-        self.best = dict(state_dict.get("best_metrics") or {})
-        self.last = dict(state_dict.get("last_metrics") or {})
-
-    def on_validation_end(self, trainer: pl.Trainer, task: GoPTTask) -> None:
-        if trainer.sanity_checking or "val" not in getattr(task, "last_metrics", {}):
-            return
-        m: Metrics = task.last_metrics["val"]
-        scores = {
-            "val": finite_or_none(m.to_dict()),
-            "epoch": trainer.current_epoch,
-            "step": trainer.global_step,
-        }
-        self.last = scores
-        score = m.miou if np.isfinite(m.miou) else -1.0
-        if score <= self.best_score:
-            return
-        self.best_score = score
-        self.best = scores
-        if trainer.global_rank != 0:
-            return
-        meta = dict(self.metadata)
-        meta["metrics"] = dict(scores)
-        target = self.checkpoint_io.stage(self.path) if self.checkpoint_io else self.path
-        save_adapter(target, task.model, meta)
-
-    def on_exception(self, trainer: pl.Trainer, task: GoPTTask, exception: BaseException) -> None:
-        if self.checkpoint_io:
-            self.checkpoint_io.discard_staged()
-
-    def on_fit_end(self, trainer: pl.Trainer, task: GoPTTask) -> None:
-        if self.checkpoint_io:
-            self.checkpoint_io.commit_staged()
-
-    def summary(self) -> dict[str, Any]:
-        """The run's scores: the adapter's epoch (``val``, ``epoch``, ``step``) and the
-        last validated epoch (``last_val``, ``last_epoch``); empty before any validation."""
-        out: dict[str, Any] = dict(self.best)
-        if self.last:
-            out["last_val"] = self.last["val"]
-            out["last_epoch"] = self.last["epoch"]
-        return out
-
-
-def record_last_epoch(adapter: Path, scores: dict[str, Any]) -> None:
-    """Add the last epoch's scores (``last_val``, ``last_epoch``) to an adapter's metrics.
-
-    The adapter holds the best epoch's tensors and scores; the last epoch is known only
-    when training ends, after the file was written. Its tensors are copied unchanged
-    into a new file with the completed metadata (written under a temporary name)."""
-    import json
-
-    import safetensors
-    import safetensors.torch
-
-    from .adapter import METADATA_KEY
-    from .io import atomic_path
-
-    with safetensors.safe_open(str(adapter), framework="pt") as f:
-        header = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
-    document = json.loads(header[METADATA_KEY])
-    metrics = dict(document.get("metrics") or {})
-    metrics["last_val"] = scores["last_val"]
-    metrics["last_epoch"] = scores["last_epoch"]
-    document["metrics"] = metrics
-    header[METADATA_KEY] = json.dumps(document)
-    with atomic_path(adapter) as tmp:
-        safetensors.torch.save_file(tensors, str(tmp), metadata=header)
-
-
-class StepSeeds(Callback):
-    """Reseeds torch before every training step from (seed, global step).
-
-    Flips and Gumbel noise then depend on the step alone, not on how many steps this
-    process has run (patch positions depend on the epoch alone: ``EpochPatchSampler``),
-    so a run resumed at step N draws exactly what an uninterrupted run draws there.
-    """
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, task: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        torch.manual_seed(self.seed * 100_003 + trainer.global_step)
 
 
 @dataclass

@@ -56,3 +56,14 @@ def test_a_timeout_of_zero_is_refused() -> None:
     with pytest.raises(InputError, match="--connect-timeout"):
         with executor_for("tcp://127.0.0.1:1", connect_timeout=0):
             pass
+
+
+def test_a_cluster_that_could_not_beat_this_process_is_not_started(monkeypatch) -> None:
+    import gopt_geo.inference.cluster as cluster
+
+    monkeypatch.setattr(cluster.os, "cpu_count", lambda: 2)  # a one-worker plan
+    with executor_for(None, None, None, "cpu", scenes=8) as (executor, _, what):
+        assert executor is None and "one worker's plan" in what
+    monkeypatch.setattr(cluster.os, "cpu_count", lambda: 16)  # four workers of 4 threads
+    with executor_for(None, None, None, "cpu", scenes=3) as (executor, _, what):
+        assert executor is None and "3 scene(s) for 4 workers" in what

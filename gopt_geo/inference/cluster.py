@@ -97,6 +97,7 @@ def executor_for(
     threads_per_worker: int | None = None,
     device: str = "auto",
     connect_timeout: float = CONNECT_TIMEOUT,
+    scenes: int | None = None,
 ) -> Iterator[tuple[Executor | None, int | None, str]]:
     """``(executor, torch threads per worker, description)`` for ``predict-many``: an
     existing Dask cluster (``scheduler``: its address or scheduler file, used as it is),
@@ -108,10 +109,27 @@ def executor_for(
     ``threads_per_worker`` if given, else the threads Dask gives the worker
     (``dask worker --nthreads``). An existing cluster that does not answer within
     ``connect_timeout`` seconds is one :class:`InputError` line (:func:`connect`).
+
+    Without ``scheduler`` and ``workers``, a cluster that could not beat this process is
+    not started: when the plan has one worker (its threads are this process's, plus the
+    cluster's start, stop and imports: 6.6 s a run on 2 cores,
+    ``benchmarks/predict_many.py``), or there are no more ``scenes`` than workers.
     """
     if workers == 0 and not scheduler:
         yield None, threads_per_worker, "in this process (--workers 0, no cluster)"
         return
+    if not scheduler and workers is None:
+        gpus = _gpu_count(device)
+        n, threads = plan_workers(None, threads_per_worker, cores=os.cpu_count() or 1, gpus=gpus)
+        if n == 1 or (scenes is not None and scenes <= n):
+            why = "one worker's plan" if n == 1 else f"{scenes} scene(s) for {n} workers"
+            yield (
+                None,
+                threads_per_worker,
+                f"in this process ({why}: a cluster would only add its start-up; "
+                "--workers N starts one)",
+            )
+            return
     cluster = None
     if scheduler:
         client = connect(scheduler, connect_timeout)
