@@ -134,7 +134,7 @@ def measure(args: dict[str, Any]) -> dict[str, Any]:
     from gopt_geo.training import train
 
     cfg = load_config(None, _settings(args))
-    result = train(cfg, log=lambda m: None)
+    result = train(cfg, overwrite=True, log=lambda m: None)  # a rerun replaces its run
     meta = read_adapter_metadata(result.adapter)
     start = time.perf_counter()
     pred = Predictor.from_adapter(result.adapter, device="cpu").predict(

@@ -106,7 +106,7 @@ class ModelConfig:
     detail_path: bool = False  # a light trainable stream from every band at full resolution,
     # fused with the decoder's upsampled features and added to its logits, so that 1-3 px
     # features (rivers, roads) can be mapped; False: logits at 1/4, upsampled (the paper)
-    detail_dim: int = 8  # channels of the detail path's full-resolution maps
+    detail_dim: int = 16  # channels of the detail path's full-resolution maps
 
     def __post_init__(self) -> None:
         problems = []
