@@ -376,7 +376,15 @@ def predict(
             "Sentinel-2 L2A and Sentinel-1 keys)."
         ),
     ] = None,
-    out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="Output folder.")] = Path("."),
+    out_dir: Annotated[
+        str,
+        typer.Option(
+            "-o",
+            "--out-dir",
+            help="Output folder, or an object-storage URL (s3://bucket/prefix/, any fsspec "
+            "URL): the set is made locally and uploaded, report JSON last.",
+        ),
+    ] = ".",
     *,
     options: PredictOptions,  # the flags of its fields (prediction_options)
 ) -> None:
@@ -491,7 +499,13 @@ def demo(
 def predict_many(
     model: Annotated[Path, typer.Option(help="Adapter file (.safetensors) from `gopt-geo train`.")],
     out_dir: Annotated[
-        Path, typer.Option("-o", "--out-dir", help="Run folder: OUT/<scene id>/ per scene.")
+        str,
+        typer.Option(
+            "-o",
+            "--out-dir",
+            help="Run folder: OUT/<scene id>/ per scene; or an object-storage URL "
+            "(s3://bucket/prefix/, any fsspec URL): workers then need no shared file system.",
+        ),
     ],
     scenes: Annotated[
         list[str] | None,

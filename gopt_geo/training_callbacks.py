@@ -9,7 +9,7 @@ random draw depend on the step alone, so a resumed run is exact.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -20,9 +20,6 @@ from .checkpoint import save_adapter
 from .evaluation import Metrics
 from .io import finite_or_none
 from .run_folder import AtomicCheckpointIO
-
-if TYPE_CHECKING:  # the task is the caller's; annotations only
-    from .training import GoPTTask
 
 
 class AdapterExport(Callback):
@@ -58,7 +55,7 @@ class AdapterExport(Callback):
         self.best = dict(state_dict.get("best_metrics") or {})
         self.last = dict(state_dict.get("last_metrics") or {})
 
-    def on_validation_end(self, trainer: pl.Trainer, task: GoPTTask) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, task: pl.LightningModule) -> None:
         if trainer.sanity_checking or "val" not in getattr(task, "last_metrics", {}):
             return
         m: Metrics = task.last_metrics["val"]
@@ -80,11 +77,13 @@ class AdapterExport(Callback):
         target = self.checkpoint_io.stage(self.path) if self.checkpoint_io else self.path
         save_adapter(target, task.model, meta)
 
-    def on_exception(self, trainer: pl.Trainer, task: GoPTTask, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, task: pl.LightningModule, exception: BaseException
+    ) -> None:
         if self.checkpoint_io:
             self.checkpoint_io.discard_staged()
 
-    def on_fit_end(self, trainer: pl.Trainer, task: GoPTTask) -> None:
+    def on_fit_end(self, trainer: pl.Trainer, task: pl.LightningModule) -> None:
         if self.checkpoint_io:
             self.checkpoint_io.commit_staged()
 

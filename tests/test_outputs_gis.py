@@ -66,17 +66,17 @@ def save(path: Path, variant: str = "gopt") -> Path:
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> SceneFiles:
+def gis_scene(tmp_path_factory: pytest.TempPathFactory) -> SceneFiles:
     return make_scene(tmp_path_factory.mktemp("scene"), "tile", size=(112, 96), seed=3)
 
 
 @pytest.fixture(scope="module")
-def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def gis_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save(tmp_path_factory.mktemp("model") / "adapter.safetensors")
 
 
 @pytest.fixture(scope="module")
-def run(scene: SceneFiles, adapter: Path, tmp_path_factory: pytest.TempPathFactory):
+def run(gis_scene: SceneFiles, gis_adapter: Path, tmp_path_factory: pytest.TempPathFactory):
     """One prediction with every output: probabilities, uncertainty, polygons (sieved)."""
     out = tmp_path_factory.mktemp("run")
     options = PredictOptions(
@@ -87,7 +87,7 @@ def run(scene: SceneFiles, adapter: Path, tmp_path_factory: pytest.TempPathFacto
         progress=False,
         device="cpu",
     )
-    return predict_scene(scene.optical, scene.sar, adapter, out, options)
+    return predict_scene(gis_scene.optical, gis_scene.sar, gis_adapter, out, options)
 
 
 def read(path: Path, band: int | None = 1) -> np.ndarray:
@@ -98,7 +98,7 @@ def read(path: Path, band: int | None = 1) -> np.ndarray:
 # ---------------------------------------------------------------------------- STAC
 
 
-def test_item_round_trip_contents_and_checksums(run: PredictionResult, adapter: Path) -> None:
+def test_item_round_trip_contents_and_checksums(run: PredictionResult, gis_adapter: Path) -> None:
     assert run.item is not None and run.item.name == "tile_item.json"
     d = json.loads(run.item.read_text())
     item = pystac.Item.from_file(str(run.item))
@@ -147,7 +147,7 @@ def test_item_round_trip_contents_and_checksums(run: PredictionResult, adapter: 
     assert by_value[NODATA].nodata is True
     # provenance: adapter sha256, backbone, options, version, inputs
     props = item.properties
-    sha = hashlib.sha256(adapter.read_bytes()).hexdigest()
+    sha = hashlib.sha256(gis_adapter.read_bytes()).hexdigest()
     assert props["gopt_geo:adapter"]["sha256"] == sha
     assert props["gopt_geo:adapter"]["backbone"]["name"] == "test_efficientnet"
     assert props["gopt_geo:adapter"]["variant"] == "gopt"
@@ -157,9 +157,9 @@ def test_item_round_trip_contents_and_checksums(run: PredictionResult, adapter: 
     assert Path(derived["optical scene"].get_absolute_href() or "").name == "tile.tif"
     assert Path(derived["SAR raster"].get_absolute_href() or "").parent.name == "sar"
     # relative to the item (the run folder can move), the adapter with its sha256
-    assert Path(derived["adapter"].get_absolute_href() or "").resolve() == adapter.resolve()
+    assert Path(derived["adapter"].get_absolute_href() or "").resolve() == gis_adapter.resolve()
     assert derived["adapter"].extra_fields["file:checksum"] == "1220" + sha
-    assert props["gopt_geo:adapter"]["name"] == adapter.name
+    assert props["gopt_geo:adapter"]["name"] == gis_adapter.name
     assert props["gopt_geo:inputs"]["optical"] == "tile.tif"
     assert "/tmp/" not in run.item.read_text()  # no absolute local path anywhere
     report = json.loads(run.report_json.read_text())
@@ -285,11 +285,11 @@ def test_geopackage_default_style_colours_polygons_by_class(run: PredictionResul
         assert colour.get("value") == ",".join(map(str, (*expected, 255)))
 
 
-def test_vector_sidecar_style_for_other_formats(scene: SceneFiles, tmp_path: Path) -> None:
+def test_vector_sidecar_style_for_other_formats(gis_scene: SceneFiles, tmp_path: Path) -> None:
     model = PointwiseModel()
     result = Predictor(model, ROUTING, CLASSES, device="cpu").predict(
-        scene.optical,
-        scene.sar,
+        gis_scene.optical,
+        gis_scene.sar,
         tmp_path,
         PredictOptions(window=64, vector="parquet", confidence=False, progress=False),
     )
@@ -304,10 +304,10 @@ def test_vector_sidecar_style_for_other_formats(scene: SceneFiles, tmp_path: Pat
 # ---------------------------------------------------------------------------- polygons
 
 
-def test_polygons_carry_scene_and_adapter(run: PredictionResult, adapter: Path) -> None:
+def test_polygons_carry_scene_and_adapter(run: PredictionResult, gis_adapter: Path) -> None:
     assert run.vector is not None
     frame = gpd.read_file(run.vector, layer="tile_landcover")
-    sha = hashlib.sha256(adapter.read_bytes()).hexdigest()
+    sha = hashlib.sha256(gis_adapter.read_bytes()).hexdigest()
     assert (frame["scene_id"] == "tile").all()
     assert (frame["adapter_sha"] == sha[:12]).all()
     assert (frame["area_m2"] >= 1_000).all()  # --min-area (sieved) as asked
@@ -346,17 +346,17 @@ class ThreeRegimes(nn.Module):
 
 
 def test_uncertainty_zero_when_certain_maximal_when_uniform(
-    scene: SceneFiles, tmp_path: Path
+    gis_scene: SceneFiles, tmp_path: Path
 ) -> None:
     result = Predictor(ThreeRegimes(), ROUTING, CLASSES, device="cpu").predict(
-        scene.optical,
-        scene.sar,
+        gis_scene.optical,
+        gis_scene.sar,
         tmp_path,
         PredictOptions(window=64, uncertainty=True, vector=None, progress=False),
     )
     assert result.uncertainty is not None
     u = read(result.uncertainty)
-    with SceneReader(scene.optical, scene.sar, ROUTING) as reader:
+    with SceneReader(gis_scene.optical, gis_scene.sar, ROUTING) as reader:
         image, valid = reader.read(Window(0, 0, reader.grid.width, reader.grid.height))
     red = ROUTING.prepare(torch.from_numpy(image)[None])[0][0, 0].numpy()
     certain = (red < -0.3) | ((red >= -0.3) & (red < 0.3))
@@ -380,14 +380,14 @@ def test_uncertainty_zero_when_certain_maximal_when_uniform(
     assert "% uncertain (> 0.5)" in result.report_markdown.read_text()
 
 
-def test_uncertainty_is_not_changed_by_tiling(scene: SceneFiles, tmp_path: Path) -> None:
+def test_uncertainty_is_not_changed_by_tiling(gis_scene: SceneFiles, tmp_path: Path) -> None:
     model = PointwiseModel()
     predictor = Predictor(model, ROUTING, CLASSES, device="cpu")
     maps = []
     for window, overlap in ((64, 0.5), (48, 0.25)):
         result = predictor.predict(
-            scene.optical,
-            scene.sar,
+            gis_scene.optical,
+            gis_scene.sar,
             tmp_path / f"w{window}",
             PredictOptions(
                 window=window, overlap=overlap, uncertainty=True, vector=None, progress=False
@@ -396,7 +396,7 @@ def test_uncertainty_is_not_changed_by_tiling(scene: SceneFiles, tmp_path: Path)
         assert result.uncertainty is not None
         maps.append(read(result.uncertainty).astype(int))
     # reference: the model on the whole scene at once, no windows, no blending
-    with SceneReader(scene.optical, scene.sar, ROUTING) as reader:
+    with SceneReader(gis_scene.optical, gis_scene.sar, ROUTING) as reader:
         image, valid = reader.read(Window(0, 0, reader.grid.width, reader.grid.height))
     rgb, aux = ROUTING.prepare(torch.from_numpy(image)[None])
     with torch.inference_mode():
@@ -460,10 +460,10 @@ def test_quicklook_reads_the_class_map_overviews(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- optical only
 
 
-def test_optical_only_adapter_predicts_without_sar(scene: SceneFiles, tmp_path: Path) -> None:
-    adapter = save(tmp_path / "optical_only.safetensors", variant="optical_only")
+def test_optical_only_adapter_predicts_without_sar(gis_scene: SceneFiles, tmp_path: Path) -> None:
+    gis_adapter = save(tmp_path / "optical_only.safetensors", variant="optical_only")
     out = tmp_path / "out"
-    args = ["predict", str(scene.optical), "--model", str(adapter), "-o", str(out)]
+    args = ["predict", str(gis_scene.optical), "--model", str(gis_adapter), "-o", str(out)]
     args += ["--window", "64", "--no-progress", "--device", "cpu", "--vector", "none"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
@@ -475,21 +475,21 @@ def test_optical_only_adapter_predicts_without_sar(scene: SceneFiles, tmp_path: 
         and "ignores auxiliary bands" in report["inputs"]["sar_note"]
     )
     # the model ignores the auxiliary input: with SAR it maps exactly the same
-    with_sar = runner.invoke(app, [*args, "-o", str(tmp_path / "sar"), "--sar", str(scene.sar)])
+    with_sar = runner.invoke(app, [*args, "-o", str(tmp_path / "sar"), "--sar", str(gis_scene.sar)])
     assert with_sar.exit_code == 0, with_sar.output
     np.testing.assert_array_equal(read(tmp_path / "sar" / "tile_classes.tif"), no_sar)
 
 
 def test_sar_required_only_when_the_model_reads_it(
-    scene: SceneFiles, adapter: Path, tmp_path: Path
+    gis_scene: SceneFiles, gis_adapter: Path, tmp_path: Path
 ) -> None:
     res = runner.invoke(
         app,
         [
             "predict",
-            str(scene.optical),
+            str(gis_scene.optical),
             "--model",
-            str(adapter),
+            str(gis_adapter),
             "-o",
             str(tmp_path),
             "--device",
@@ -502,7 +502,9 @@ def test_sar_required_only_when_the_model_reads_it(
     assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
-def test_model_without_sar_in_its_aux_bands_needs_no_sar(scene: SceneFiles, tmp_path: Path) -> None:
+def test_model_without_sar_in_its_aux_bands_needs_no_sar(
+    gis_scene: SceneFiles, tmp_path: Path
+) -> None:
     """An adapter trained with ``aux_bands: [NIR]`` lists the config's SAR bands but reads
     none of them: no SAR needed, and giving one changes nothing."""
     routing = BandRouting(
@@ -521,6 +523,6 @@ def test_model_without_sar_in_its_aux_bands_needs_no_sar(scene: SceneFiles, tmp_
     predictor = Predictor(NirModel(), routing, CLASSES, device="cpu")
     assert not predictor.needs_sar
     options = PredictOptions(window=64, vector=None, progress=False)
-    alone = predictor.predict(scene.optical, None, tmp_path / "a", options)
-    with_sar = predictor.predict(scene.optical, scene.sar, tmp_path / "b", options)
+    alone = predictor.predict(gis_scene.optical, None, tmp_path / "a", options)
+    with_sar = predictor.predict(gis_scene.optical, gis_scene.sar, tmp_path / "b", options)
     np.testing.assert_array_equal(read(alone.class_map), read(with_sar.class_map))

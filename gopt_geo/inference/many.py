@@ -17,15 +17,19 @@ by the same adapter (sha256) with the same output settings
 (:meth:`~gopt_geo.inference.options.PredictOptions.output_settings`):
 :func:`finished_report`. Anything else is mapped again (the output set replaces the
 stale set whole, and removes what a killed attempt left). An interrupted run, run again,
-maps only what is left.
+maps only what is left. A run into object storage (``out_dir`` an ``s3://`` or other
+fsspec URL) resumes the same way from the uploaded reports (:mod:`gopt_geo.outputs.remote`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import os
+import posixpath
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
@@ -36,6 +40,8 @@ from typing import Any
 from ..errors import InputError
 from ..io import disk_errors, ensure_output_dir, raster_stem
 from ..locks import folder_lock
+from ..outputs import remote
+from ..outputs.remote import is_url_folder, local_folder
 from .cluster import executor_for, plan_workers
 from .options import PredictOptions
 from .run_outputs import read_json, write_run_outputs
@@ -60,10 +66,10 @@ __all__ = [  # the runner's and the cluster's names stay importable from here
 class RunResult:
     """A run: every scene's outcome, the wall time, and the run's files."""
 
-    out_dir: Path
+    out_dir: Path | str  # a URL string for a run into object storage
     scenes: list[SceneOutcome]
     seconds: float
-    files: dict[str, Path] = field(default_factory=dict)
+    files: dict[str, Path | str] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
 
     def with_status(self, status: str) -> list[SceneOutcome]:
@@ -75,12 +81,18 @@ class RunResult:
 
 
 def finished_report(
-    folder: Path, scene: Scene, adapter_sha256: str, settings: dict[str, Any]
+    folder: Path | str, scene: Scene, adapter_sha256: str, settings: dict[str, Any]
 ) -> dict[str, Any] | None:
     """The report of a scene already mapped as this run would map it, else None: made by
     the same adapter with the same output settings from the same inputs (as the report
-    names them), every output it lists present."""
-    report = read_json(folder / f"{raster_stem(scene.optical)}_report.json")
+    names them), every output it lists present. ``folder`` may be a URL (object storage:
+    the uploaded report JSON is the same mark)."""
+    name = f"{raster_stem(scene.optical)}_report.json"
+    url = is_url_folder(folder)
+    if url:
+        report = remote.read_json(remote.join(str(folder), name))
+    else:
+        report = read_json(Path(folder) / name)
     if report is None:
         return None
     if report.get("model", {}).get("adapter_sha256") != adapter_sha256:
@@ -96,7 +108,12 @@ def finished_report(
     outputs = report.get("outputs") or {}
     if "class_map" not in outputs:
         return None
-    if not all((folder / Path(str(p)).name).exists() for p in outputs.values()):
+    names = [posixpath.basename(str(p).replace("\\", "/")) for p in outputs.values()]
+    if url:
+        present = remote.list_names(str(folder))
+        if not all(n in present for n in names):
+            return None
+    elif not all((Path(folder) / n).exists() for n in names):
         return None
     return report
 
@@ -133,6 +150,13 @@ def predict_many(
     how often a transient failure is tried again; ``threads`` sets torch's threads in
     each worker (None: as the worker is). Writes the run's files and returns what
     became of every scene; a failed scene does not raise.
+
+    ``out_dir`` may be an fsspec URL string (``s3://bucket/prefix/``): each worker makes
+    its scene's set in a local temporary folder and uploads it (report JSON last), resume
+    reads the uploaded reports, and the run's own files are made locally and uploaded at
+    the end, so the workers need no shared file system; the adapter travels with each
+    task. The folder lock (:mod:`gopt_geo.locks`) applies to local folders only: a store
+    has no lock, so two runs into one prefix are the user's to avoid.
     """
     from ..adapter import read_adapter_metadata
 
@@ -145,12 +169,20 @@ def predict_many(
     if not adapter_path.is_file():
         raise InputError(f"{adapter_path}: file not found")
     meta = read_adapter_metadata(adapter_path)  # refuses a non-adapter before any work
-    sha = hashlib.sha256(adapter_path.read_bytes()).hexdigest()
+    adapter_bytes = adapter_path.read_bytes()
+    sha = hashlib.sha256(adapter_bytes).hexdigest()
     scenes = list(scenes)
     _check_ids(scenes)
-    # one writer per run folder: a second run would take this one's scenes as its own
-    with folder_lock(out_dir, wait=options.wait), disk_errors(out_dir):
-        out = ensure_output_dir(out_dir)
+    url = is_url_folder(out_dir)
+    if not url:
+        out_dir = local_folder(out_dir)
+    # one writer per run folder: a second run would take this one's scenes as its own (a
+    # URL has no lock: object stores have none)
+    guard = contextlib.nullcontext() if url else folder_lock(out_dir, wait=options.wait)
+    with guard, contextlib.nullcontext() if url else disk_errors(out_dir):
+        out: Path | str = (
+            remote.check_url_folder(str(out_dir)) if url else ensure_output_dir(out_dir)
+        )
         settings = options.output_settings()
         task_options = dataclasses.replace(options, progress=False, overwrite=True)
         started = _dt.datetime.now(_dt.UTC)
@@ -159,7 +191,7 @@ def predict_many(
         outcomes: dict[str, SceneOutcome] = {}
         tasks = []
         for scene in scenes:
-            folder = out / scene.id
+            folder = remote.join(out, scene.id) if isinstance(out, str) else out / scene.id
             if scene.problem is not None:
                 outcomes[scene.id] = SceneOutcome(scene.id, "failed", reason=scene.problem)
                 continue
@@ -170,8 +202,8 @@ def predict_many(
                     scene.id,
                     "skipped",
                     reason="already mapped with this adapter and these options",
-                    report=str(folder / f"{raster_stem(scene.optical)}_report.json"),
-                    class_map=str(folder / Path(str(outputs["class_map"])).name),
+                    report=_child(folder, f"{raster_stem(scene.optical)}_report.json"),
+                    class_map=_child(folder, Path(str(outputs["class_map"])).name),
                 )
                 continue
             tasks.append(
@@ -179,9 +211,11 @@ def predict_many(
                     scene,
                     str(adapter_path.absolute()),
                     sha,
-                    str(folder.absolute()),
+                    folder if isinstance(folder, str) else str(folder.absolute()),
                     task_options,
                     threads,
+                    # no shared file system with a URL run: the adapter goes with the task
+                    adapter_bytes if url else None,
                 )
             )
 
@@ -205,10 +239,10 @@ def predict_many(
                 or SceneOutcome(s.id, "not run", reason="the run was interrupted")
                 for s in scenes
             ]
-            files, summary = write_run_outputs(
-                out,
-                scenes,
-                ordered,
+            run_files = functools.partial(
+                write_run_outputs,
+                scenes=scenes,
+                outcomes=ordered,
                 adapter=str(adapter_path),
                 adapter_sha256=sha,
                 settings=settings,
@@ -218,4 +252,14 @@ def predict_many(
                 or ("in-process" if executor is None else type(executor).__name__),
                 class_names={c.code: c.name for c in meta.classes.classes},
             )
+            if isinstance(out, str):  # made here, uploaded (run.json, index, mosaics, ...)
+                with remote.staged_locally(out, overwrite=True) as local:
+                    files, summary = run_files(local, location=out)
+            else:
+                files, summary = run_files(out)
         return RunResult(out, ordered, seconds, files, summary)
+
+
+def _child(folder: Path | str, name: str) -> str:
+    """``folder/name`` as a string: a URL's child, or a local path."""
+    return remote.join(folder, name) if isinstance(folder, str) else str(folder / name)

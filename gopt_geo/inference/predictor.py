@@ -57,8 +57,17 @@ from ..io import (
 from ..locks import folder_lock
 from ..models.variants import AUX_FREE_VARIANTS as AUX_FREE
 from ..outputs.memory import ArrayOutputs
+from ..outputs.naming import output_family
 from ..outputs.output_set import OutputSet
 from ..outputs.quicklook import optical_panel, panel_shape, write_quicklook
+from ..outputs.remote import (
+    check_url_folder,
+    is_url_folder,
+    local_folder,
+    refuse_existing,
+    staged_locally,
+)
+from ..outputs.remote import join as remote_join
 from ..outputs.staging import pause_point, terminate_as_exit
 from ..outputs.vectorize import SHORT_HASH, VectorResult, driver_for, write_polygons
 from .context import scene_context
@@ -77,7 +86,8 @@ AUX_FREE_VARIANTS = AUX_FREE
 
 @dataclass
 class PredictionResult:
-    """Paths of everything a run wrote, and its statistics."""
+    """Paths of everything a run wrote, and its statistics. With an output URL
+    (``s3://...``) each path is the URL string of the uploaded file."""
 
     class_map: Path
     report_json: Path
@@ -195,9 +205,17 @@ class Predictor:
     ) -> PredictionResult:
         """Map ``scene`` (with ``sar``) into ``out_dir`` as ``options`` say (default
         options when None); see the module docstring. ``options.device`` and
-        ``options.weights`` are not used: this predictor's model is already loaded."""
+        ``options.weights`` are not used: this predictor's model is already loaded.
+
+        ``out_dir``: a folder, or an fsspec URL string (``s3://bucket/prefix/``): the set
+        is made in a local temporary folder and uploaded, report JSON last
+        (:mod:`~gopt_geo.outputs.remote`; a ``Path`` cannot be a URL, it folds ``//``).
+        The folder lock applies to local folders only."""
         options = options if options is not None else PredictOptions()
         scene = scene if is_remote(scene) else Path(scene)  # a Path folds a URL's "//"
+        if is_url_folder(out_dir):
+            return self._predict_to_url(scene, sar, str(out_dir), options)
+        out_dir = local_folder(out_dir)
         # memory flat in scene size: GDAL's cache too; SIGTERM cleans up like Ctrl-C; one
         # writer per folder (a second run would remove this one's temporary files)
         with (
@@ -207,6 +225,28 @@ class Predictor:
             disk_errors(out_dir),  # a full disk: one line naming the folder
         ):
             return self._predict(scene, sar, Path(out_dir), options)
+
+    def _predict_to_url(
+        self, scene: str | Path, sar: str | Path | None, url: str, options: PredictOptions
+    ) -> PredictionResult:
+        """Map into a local temporary folder, then upload the set to ``url``, report JSON
+        last (:mod:`~gopt_geo.outputs.remote`); the result names the uploaded files by URL.
+        Existing outputs are refused before any work, as in a folder (no lock: a store
+        has none)."""
+        named = scene if isinstance(scene, Path) else Path(f"{raster_stem(scene)}.tif")
+        family = [p.name for p in output_family(named, Path("."))]
+        with streaming_gdal_env(), terminate_as_exit():
+            check_url_folder(url)  # the store's refusals are one line (remote_errors)
+            refuse_existing(url, family, options.overwrite)
+            with staged_locally(url, overwrite=options.overwrite, replace=family) as local:
+                with disk_errors(local):
+                    result = self._predict(scene, sar, local, options)
+                uploaded = {
+                    f.name: remote_join(url, value.relative_to(local).as_posix())
+                    for f in dataclasses.fields(result)
+                    if isinstance(value := getattr(result, f.name), Path)
+                }
+        return dataclasses.replace(result, **uploaded)
 
     @property
     def variant(self) -> str | None:

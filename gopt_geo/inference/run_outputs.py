@@ -8,6 +8,12 @@ whole run as one layer, styled by ``mosaic_<CRS>.qml``) and a STAC collection li
 the items the scenes' runs wrote (and giving each its collection). It reads only what
 the scenes left on disk (their reports and class maps) and the outcomes :mod:`.runner`
 reported, so an interrupted run is described as well as a finished one.
+
+A run into object storage (``location``: the URL the run's files go to) writes these
+files in a local folder that is uploaded afterwards; the scenes' reports are read and
+their class maps opened (header and palette only) where they were uploaded, the items
+are fetched into the local folder to get their collection and go up again with it, and
+every path the files name is the URL (relative links, as in a folder).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from rasterio.crs import CRS
 from .. import __version__
 from ..data.classes import scheme_from_tags
 from ..io import atomic_path, open_raster, strict_json, write_text_atomic
+from ..outputs import remote
+from ..outputs.remote import is_url_folder
 from ..outputs.stac import input_name, write_collection
 from ..outputs.styles import paletted_qml
 from .runner import SceneOutcome
@@ -51,13 +59,25 @@ def _class_rows(report: dict[str, Any] | None) -> list[dict[str, Any]]:
     return list((report or {}).get("classes") or [])
 
 
-def _footprint(path: str) -> tuple[Any, Any] | None:
-    """(CRS, shapely polygon of the grid's bounds) of a raster, or None if it cannot be
-    read or has no CRS."""
+def _read_report(ref: str) -> dict[str, Any] | None:
+    """A scene's report, from its folder or its URL."""
+    return remote.read_json(ref) if is_url_folder(ref) else read_json(Path(ref))
+
+
+def _open_output(path: str | Path) -> Any:
+    """One of the run's own rasters (a class map), in a folder or uploaded."""
+    import rasterio
+
+    return remote.open_raster(path) if is_url_folder(path) else rasterio.open(path)
+
+
+def _footprint(path: str, output: bool = False) -> tuple[Any, Any] | None:
+    """(CRS, shapely polygon of the grid's bounds) of a raster (``output``: one of the
+    run's class maps, else an input), or None if it cannot be read or has no CRS."""
     from shapely.geometry import box
 
     try:
-        with open_raster(path) as src:
+        with _open_output(path) if output else open_raster(path) as src:
             if src.crs is None:
                 return None
             return src.crs, box(*src.bounds)
@@ -88,13 +108,19 @@ def write_run_outputs(
     started: _dt.datetime,
     executor_info: str,
     class_names: dict[int, str],
-) -> tuple[dict[str, Path], dict[str, Any]]:
+    location: str | None = None,
+) -> tuple[dict[str, Path | str], dict[str, Any]]:
     """``run.json``, ``run.md``, ``index.parquet`` and the mosaics of a run (see the
-    module docstring); returns their paths and the summary."""
+    module docstring) in ``out``; returns their paths (URLs with ``location``, the URL
+    ``out`` is uploaded to) and the summary."""
+
+    def where(path: Path) -> Path | str:
+        return remote.join(location, path.relative_to(out).as_posix()) if location else path
+
     rows = []
     totals: dict[int, dict[str, Any]] = {}
     for scene, outcome in zip(scenes, outcomes, strict=True):
-        report = read_json(Path(outcome.report)) if outcome.report else None
+        report = _read_report(outcome.report) if outcome.report else None
         areas: dict[str, float | None] = {}
         for c in _class_rows(report):
             total = totals.setdefault(
@@ -106,20 +132,20 @@ def write_run_outputs(
                 areas[c["name"]] = float(c["area_ha"])
         mapped = outcome.status in ("done", "skipped") and outcome.class_map
         source = outcome.class_map if mapped else scene.optical
-        footprint = _footprint(source) if source else None
+        footprint = _footprint(source, output=bool(mapped)) if source else None
         rows.append((scene, outcome, report, areas, footprint))
 
     crss = {fp[0].to_string(): fp[0] for *_, fp in rows if fp is not None}
     index_crs = next(iter(crss.values())) if len(crss) == 1 else CRS.from_string(INDEX_FALLBACK_CRS)
-    mosaics = write_mosaics(out, [(o, fp) for _, o, _, _, fp in rows])
+    mosaics = write_mosaics(out, [(o, fp) for _, o, _, _, fp in rows], location=location)
     index_path = _write_index(out, rows, index_crs, class_names)
     # the STAC items the scenes' runs wrote, linked by one collection (rewritten per run)
     items = [
-        Path(o.report).with_name(Path(o.report).name.replace("_report.json", "_item.json"))
+        _item_here(o.report.replace("_report.json", "_item.json"), out, location)
         for o in outcomes
         if o.status in ("done", "skipped") and o.report
     ]
-    items = [p for p in items if p.exists()]
+    items = [p for p in items if p is not None and p.exists()]
     collection = (
         write_collection(
             items,
@@ -159,19 +185,27 @@ def write_run_outputs(
             for scene, outcome, _, areas, fp in rows
         ],
         "class_totals": [totals[k] for k in sorted(totals)],
-        "index": str(index_path),
+        "index": str(where(index_path)),
         "index_crs": index_crs.to_string(),
-        "mosaics": {k: str(v) for k, v in mosaics.items()},
-        "collection": str(collection) if collection else None,
+        "mosaics": {k: str(where(v)) for k, v in mosaics.items()},
+        "collection": str(where(collection)) if collection else None,
     }
-    files = {
+    files: dict[str, Path] = {
         "run_json": write_text_atomic(out / RUN_JSON, strict_json(summary)),
         "run_markdown": write_text_atomic(out / RUN_MARKDOWN, render_run_markdown(summary)),
         "index": index_path,
         **{f"mosaic {k}": v for k, v in mosaics.items()},
         **({"collection": collection} if collection else {}),
     }
-    return files, summary
+    return {k: where(v) for k, v in files.items()}, summary
+
+
+def _item_here(ref: str, out: Path, location: str | None) -> Path | None:
+    """A scene's STAC item as a local file: its own path, or (a run in object storage)
+    a copy fetched to the same place under ``out`` (None when it is missing)."""
+    if not location or not is_url_folder(ref):
+        return Path(ref)
+    return remote.download(ref, out / remote.relative(ref, location))
 
 
 def _write_index(
@@ -211,12 +245,19 @@ def _crs_tag(crs: Any) -> str:
     return f"EPSG_{epsg}" if epsg else safe_id(crs.to_string())[:40]
 
 
-def write_mosaics(out: Path, mapped: Sequence[tuple[SceneOutcome, Any]]) -> dict[str, Path]:
+def write_mosaics(
+    out: Path, mapped: Sequence[tuple[SceneOutcome, Any]], location: str | None = None
+) -> dict[str, Path]:
     """One VRT per CRS over the class maps of the run (done and skipped scenes): the finest
     pixel size of the group, nearest-neighbour, each map's nodata transparent so that
     overlapping scenes do not hide each other; palette and class names from the maps.
-    Paths are relative to the VRT, so the run folder can be moved as a whole."""
-    import rasterio
+    Paths are relative to the VRT, so the run folder can be moved as a whole (and
+    uploaded: with ``location``, the URL ``out`` goes to, the maps are URLs under it)."""
+
+    def rel(p: str) -> str:
+        if location and is_url_folder(p):
+            return remote.relative(p, location)
+        return os.path.relpath(Path(p).absolute(), out.absolute())
 
     groups: dict[str, list[Any]] = {}
     for outcome, fp in mapped:
@@ -226,10 +267,10 @@ def write_mosaics(out: Path, mapped: Sequence[tuple[SceneOutcome, Any]]) -> dict
     for key, paths in groups.items():
         infos = []
         for p in paths:
-            with rasterio.open(p) as src:
+            with _open_output(p) as src:
                 infos.append(
                     {
-                        "path": Path(p),
+                        "rel": rel(p),
                         "transform": src.transform,
                         "width": src.width,
                         "height": src.height,
@@ -320,7 +361,7 @@ def _mosaic_xml(folder: Path, infos: Sequence[dict[str, Any]]) -> str:
         t = info["transform"]
         x0, y0 = (t.c - left) / res_x, (top - t.f) / res_y
         xs, ys = info["width"] * abs(t.a) / res_x, info["height"] * abs(t.e) / res_y
-        rel = os.path.relpath(info["path"].absolute(), folder.absolute())
+        rel = info["rel"]  # relative to the VRT's folder (write_mosaics)
         lines += [
             "<ComplexSource>",
             f'<SourceFilename relativeToVRT="1">{escape(rel)}</SourceFilename>',

@@ -3,7 +3,10 @@
 A task is :func:`map_scene`: exactly what ``gopt-geo predict`` does for one scene, into
 its folder. Each worker process loads the model once and keeps it for the next scene
 (keyed by the adapter's sha256, device and weights), maps one scene at a time, and sets
-torch's threads explicitly (Dask starts workers with ``OMP_NUM_THREADS=1``).
+torch's threads explicitly (Dask starts workers with ``OMP_NUM_THREADS=1``). A task
+whose folder is a URL (object storage) makes its set in a local temporary folder and
+uploads it, and carries the adapter's bytes for a worker that cannot read the client's
+path (:func:`adapter_file`): such workers share no file system with the client.
 
 Failures stay with their scene: a task returns its one-line reason rather than raising,
 and :func:`run_tasks` submits a failure that another try may cure (network, a lost
@@ -15,20 +18,29 @@ internal is imported here.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import rasterio
 
 from ..errors import InputError
-from ..io import REMOTE_GDAL_OPTIONS, apply_http_defaults, is_remote, rasterio_reason
+from ..io import (
+    REMOTE_GDAL_OPTIONS,
+    apply_http_defaults,
+    atomic_path,
+    is_remote,
+    rasterio_reason,
+)
+from ..outputs.remote import is_url_folder
 from .options import PredictOptions
 from .scene import Scene
 
@@ -102,6 +114,9 @@ class SceneTask:
     folder: str
     options: PredictOptions
     threads: int | None = None
+    #: the adapter file's bytes, for workers that do not share the client's file system
+    #: (a run into object storage); None: the workers read ``adapter``
+    adapter_bytes: bytes | None = field(default=None, repr=False)
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -123,13 +138,39 @@ def _predictor(task: SceneTask) -> tuple[Any, bool]:
     if _LOADED.get("key") == key:
         return _LOADED["predictor"], False
     _LOADED.clear()  # one model per process: a changed adapter replaces the old one
-    predictor = Predictor.from_adapter(task.adapter, device=task.options.device, weights=weights)
+    predictor = Predictor.from_adapter(
+        adapter_file(task), device=task.options.device, weights=weights
+    )
     if predictor.model_info.get("adapter_sha256") != task.adapter_sha256:
         raise InputError(
             f"{task.adapter}: the adapter file changed while the run was going; run again"
         )
     _LOADED.update(key=key, predictor=predictor)
     return predictor, True
+
+
+def adapter_file(task: SceneTask) -> str:
+    """The adapter file this worker loads: the task's path, or, where that is missing or
+    another file (a worker without the client's file system), the bytes the task carries,
+    written once per process into the temporary folder under their sha256."""
+    if task.adapter_bytes is None or _same_file(task.adapter, task.adapter_sha256):
+        return task.adapter
+    if hashlib.sha256(task.adapter_bytes).hexdigest() != task.adapter_sha256:
+        raise InputError(f"{task.adapter}: the adapter sent to the worker is damaged")
+    cache = Path(tempfile.gettempdir()) / "gopt-geo-adapters"
+    cached = cache / f"{task.adapter_sha256}.safetensors"
+    if not _same_file(str(cached), task.adapter_sha256):
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cached) as tmp:
+            tmp.write_bytes(task.adapter_bytes)
+    return str(cached)
+
+
+def _same_file(path: str, sha256: str) -> bool:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest() == sha256
+    except OSError:
+        return False
 
 
 def map_scene(task: SceneTask) -> SceneOutcome:
@@ -154,9 +195,8 @@ def map_scene(task: SceneTask) -> SceneOutcome:
             with rasterio.Env(**REMOTE_GDAL_OPTIONS) if remote else contextlib.nullcontext():
                 # overwrite=True: the output set replaces a stale set whole (and what a
                 # killed attempt left); finished scenes were skipped before the task was made
-                result = predictor.predict(
-                    scene.optical, scene.sar, Path(task.folder), task.options
-                )
+                folder = task.folder if is_url_folder(task.folder) else Path(task.folder)
+                result = predictor.predict(scene.optical, scene.sar, folder, task.options)
         except Exception as err:  # the scene's failure, reported; the others go on
             return SceneOutcome(
                 scene.id,
