@@ -375,7 +375,10 @@ def train(
             )
     elif overwrite and primary:
         clear_run(out)
-    log(f"model: {model_cfg.variant} on {model_cfg.backbone} ({model_cfg.weights} weights)")
+    if task.model.backbone is None:  # the per-pixel yardstick
+        log(f"model: {model_cfg.variant} (no backbone)")
+    else:
+        log(f"model: {model_cfg.variant} on {model_cfg.backbone} ({model_cfg.weights} weights)")
     log(str(report))
     if cfg.train.class_weights == "auto" and weights is not None:
         pixels = int(dm.class_pixel_counts().sum())
