@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 import warnings
@@ -54,10 +55,19 @@ class DataConfig:
     batch_size: int = 8
     train_patches: int = 512  # random training patches per epoch
     stats_patches: int = 64
-    num_workers: int = 0
+    # DataLoader worker processes; auto: 0 on a CPU (workers would compete with torch's
+    # threads), on a GPU min(5, cores - 1): GoPT-ViT-B at 512 px consumes ~300 (A100) to
+    # ~900 (H100) patches/s and one worker serves ~195 from the disk cache
+    # (benchmarks/RESULTS.md "GPU feed")
+    num_workers: int | str = "auto"
     # splits over the memory budget are cached on disk here: auto (GOPT_GEO_SCENE_CACHE_DIR,
     # else ~/.cache/gopt-geo/scenes), a folder, or off
     scene_cache_dir: str = "auto"
+
+
+#: Loader workers ``data.num_workers: auto`` gives a GPU run (at most; cores - 1 at most):
+#: an H100-class GPU needs about 5 at 512 px (benchmarks/gpu_feed.py, an estimate).
+AUTO_GPU_WORKERS = 5
 
 
 @dataclass
@@ -169,6 +179,22 @@ class RunConfig:
             )
         return optical
 
+    def loader_workers(self) -> int:
+        """``data.num_workers`` as a number (``auto``: see :class:`DataConfig`)."""
+        value = self.data.num_workers
+        if value != "auto":
+            if isinstance(value, str) or value < 0:
+                raise InputError(f"data.num_workers: expected auto or a count >= 0, got {value!r}")
+            return int(value)
+        device = str(self.train.device).lower()
+        if device == "cpu":
+            return 0
+        import torch
+
+        if device.startswith("cuda") or torch.cuda.is_available():
+            return max(0, min(AUTO_GPU_WORKERS, (os.cpu_count() or 1) - 1))
+        return 0
+
     def datamodule(self, routing: BandRouting | None = None) -> OpticalSarDataModule:
         """The datamodule this run reads its patches from; ``routing`` replaces the run's
         (e.g. an adapter's, with its training statistics, for evaluation).
@@ -190,7 +216,7 @@ class RunConfig:
             batch_size=d.batch_size,
             patch_size=d.patch_size,
             length=d.train_patches,
-            num_workers=d.num_workers,
+            num_workers=self.loader_workers(),
             stats_patches=d.stats_patches,
             seed=self.seed,
             split_rows=d.split_rows,

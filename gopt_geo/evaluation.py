@@ -302,7 +302,7 @@ def evaluate_model(
         batch_size=cfg.data.batch_size,
         sampler=GriddedPatchSampler(ds, size=cfg.data.patch_size),
         collate_fn=stack_samples,
-        num_workers=cfg.data.num_workers,
+        num_workers=cfg.loader_workers(),
     )
     cm = np.zeros((meta.classes.num_classes,) * 2, dtype=np.int64)
     model.eval()
