@@ -173,6 +173,38 @@ def measure(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def train_row(
+    row: str,
+    overrides: dict[str, Any],
+    seed: int,
+    train_root: Path,
+    folder: Path,
+    epochs: int,
+    patches: int,
+    test: Any,
+    clear: Path,
+) -> dict[str, Any]:
+    """:func:`measure` of one row and seed in a fresh process (its run under
+    ``folder/runs``)."""
+    return C.run_child(
+        "accuracy.py",
+        {
+            "row": row,
+            "overrides": overrides,
+            "seed": seed,
+            "root": str(train_root),
+            "out": str(folder / "runs" / f"{row}_s{seed}"),
+            "epochs": epochs,
+            "train_patches": patches,
+            "test_optical": str(test.optical),
+            "test_sar": str(test.sar),
+            "test_labels": str(test.labels),
+            "test_clouds": str(test.clouds),
+            "test_clear": str(clear),
+        },
+    )
+
+
 def _fmt(x: float, scale: float = 100.0) -> str:
     return f"{scale * x:.1f}"
 
@@ -238,21 +270,16 @@ def main() -> None:
                 results.setdefault(row, []).append(stored[key])
                 continue
             print(f"{row} seed {seed}: training ...", flush=True)
-            res = C.run_child(
-                "accuracy.py",
-                {
-                    "row": row,
-                    "seed": seed,
-                    "root": str(train_root),
-                    "out": str(args.work / folder / "runs" / f"{row}_s{seed}"),
-                    "epochs": epochs,
-                    "train_patches": patches,
-                    "test_optical": str(test.optical),
-                    "test_sar": str(test.sar),
-                    "test_labels": str(test.labels),
-                    "test_clouds": str(test.clouds),
-                    "test_clear": str(clear),
-                },
+            res = train_row(
+                row,
+                ROWS[row][1],
+                seed,
+                train_root,
+                args.work / folder,
+                epochs,
+                patches,
+                test,
+                clear,
             )
             res["seed"] = seed
             res["date"] = C.machine()["date"]

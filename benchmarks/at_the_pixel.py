@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-from accuracy import _data  # noqa: E402
+from accuracy import _data, train_row  # noqa: E402
 
 WATER, ROAD = 40, 60
 THIN_CLASSES = (WATER, ROAD)
@@ -162,22 +162,8 @@ def main() -> None:
                 results.setdefault(row, []).append(stored[key])
                 continue
             print(f"{row} seed {seed}: training ...", flush=True)
-            res = C.run_child(
-                "accuracy.py",
-                {
-                    "row": row,
-                    "overrides": ROWS[row][1],
-                    "seed": seed,
-                    "root": str(train_root),
-                    "out": str(folder / "runs" / f"{row}_s{seed}"),
-                    "epochs": epochs,
-                    "train_patches": patches,
-                    "test_optical": str(test.optical),
-                    "test_sar": str(test.sar),
-                    "test_labels": str(test.labels),
-                    "test_clouds": str(test.clouds),
-                    "test_clear": str(clear),
-                },
+            res = train_row(
+                row, ROWS[row][1], seed, train_root, folder, epochs, patches, test, clear
             )
             res["thin"] = thin_recall(res["class_map"], str(test.labels))
             res["seed"] = seed
