@@ -24,7 +24,7 @@ import yaml
 from .data.classes import DEFAULT_COLOURS, names_from_tags
 from .data.row_split import band_rows, choose_row_split
 from .errors import InputError
-from .io import check_writable, data_band_count, open_raster, write_text_atomic
+from .io import check_writable, data_band_count, open_raster, value_counts, write_text_atomic
 
 #: Band names that mean red, green, blue and near infrared, by convention.
 _COLOUR_NAMES = {
@@ -131,13 +131,8 @@ def _label_codes(paths: list[Path]) -> _Labels:
                 colours = {k: tuple(v[:3]) for k, v in src.colormap(1).items()} | colours
             except ValueError:  # no colour table
                 pass
-            for _, window in src.block_windows(1):
-                block = src.read(1, window=window).ravel()
-                if block.dtype.kind == "f":
-                    block = block[np.isfinite(block)]
-                codes, n = np.unique(block, return_counts=True)
-                for c, k in zip(codes.tolist(), n.tolist(), strict=True):
-                    counts[int(c)] = counts.get(int(c), 0) + k
+            for c, k in value_counts(src).items():
+                counts[c] = counts.get(c, 0) + k
     return _Labels(counts, names, colours, nodata, dtype)
 
 

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import rasterio
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
@@ -512,6 +513,25 @@ def apply_http_defaults() -> None:
     """
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+def value_counts(src: Any, skip_nodata: bool = False) -> dict[int, int]:
+    """Pixels per integer value of band 1 of an open raster, read block by block (every
+    value its type holds counted as it is: -1, 255, 1000; NaN never). ``skip_nodata``
+    leaves the nodata value's pixels out. Label checks, ``init-config`` and ``summary``
+    all count codes this way."""
+    counts: dict[int, int] = {}
+    nodata = src.nodata if skip_nodata and src.nodata is not None else None
+    for _, window in src.block_windows(1):
+        block = src.read(1, window=window).ravel()
+        if nodata is not None and np.isfinite(nodata):
+            block = block[block != nodata]
+        if block.dtype.kind == "f":
+            block = block[np.isfinite(block)]
+        values, n = np.unique(block, return_counts=True)
+        for v, k in zip(values.tolist(), n.tolist(), strict=True):
+            counts[int(v)] = counts.get(int(v), 0) + int(k)
+    return counts
 
 
 def alpha_band(src: Any) -> int | None:

@@ -28,7 +28,7 @@ from torchgeo.datasets.utils import Sample
 
 from ..compat import torchgeo_load_warp_file
 from ..errors import InputError
-from ..io import band_indexes, open_raster
+from ..io import band_indexes, open_raster, value_counts
 from .classes import IGNORE_INDEX, ClassScheme
 
 #: Stand-in CRS for rasters without one: a local engineering CRS in metres, one metre
@@ -229,19 +229,8 @@ class SampleCleaner:
 def label_codes(path: str | Path) -> dict[int, int]:
     """Pixels per code of a label raster (its nodata left out), read block by block:
     every integer the raster's type holds is counted as it is (-1, 255, 1000)."""
-    counts: dict[int, int] = {}
     with open_raster(path) as src:
-        nodata = src.nodata
-        for _, window in src.block_windows(1):
-            block = src.read(1, window=window).ravel()
-            if nodata is not None:
-                block = block[block != nodata] if np.isfinite(nodata) else block
-            if block.dtype.kind == "f":
-                block = block[np.isfinite(block)]
-            values, n = np.unique(block, return_counts=True)
-            for v, k in zip(values.tolist(), n.tolist(), strict=True):
-                counts[int(v)] = counts.get(int(v), 0) + int(k)
-    return counts
+        return value_counts(src, skip_nodata=True)
 
 
 def check_label_codes(paths: Iterable[str | Path], scheme: ClassScheme) -> None:

@@ -11,23 +11,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..io import open_raster
+from ..io import open_raster, value_counts
 from .classes import names_from_tags
 
 
 def _codes(path: Path) -> dict[int, int]:
     """Pixels per value of band 1, every integer counted as it is (-1, 255, 1000): the
     nodata value too, so that no-data pixels show in the shares."""
-    counts: dict[int, int] = {}
     with open_raster(path) as src:
-        for _, window in src.block_windows(1):
-            block = src.read(1, window=window).ravel()
-            if block.dtype.kind == "f":
-                block = block[np.isfinite(block)]
-            values, n = np.unique(block, return_counts=True)
-            for v, k in zip(values.tolist(), n.tolist(), strict=True):
-                counts[int(v)] = counts.get(int(v), 0) + int(k)
-    return counts
+        return value_counts(src)
 
 
 def _resolution(src: Any) -> str:
