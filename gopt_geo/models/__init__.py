@@ -22,8 +22,9 @@ baselines never import GoPT).
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from gopt_geo.lazy import lazy_exports
 from gopt_geo.models.config import ModelConfig, ParameterReport
 from gopt_geo.models.variants import AUX_FREE_VARIANTS, VARIANT_TABLE, VARIANTS, Variant
 
@@ -65,18 +66,8 @@ def build_model(cfg: ModelConfig) -> SegmentationModel:
     return model_class(cfg.variant)(cfg)
 
 
-def __getattr__(name: str) -> Any:
-    """Import torch-backed names on first access (PEP 562)."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later accesses skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+# torch-backed names imported on first access (PEP 562)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = [  # derived from the tables above
