@@ -16,6 +16,7 @@ import functools
 import http.server
 import io
 import os
+import socket
 import tempfile
 import threading
 import warnings
@@ -349,6 +350,37 @@ def serve(folder: Path, handler: type[RangeHandler] = RangeHandler) -> Iterator[
         httpd.shutdown()
         httpd.server_close()
         thread.join()
+
+
+@pytest.fixture
+def stall() -> Iterator[tuple[str, threading.Event]]:
+    """A server on 127.0.0.1 that accepts connections and never answers, and an event set
+    at its first connection (the run then waits on it)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    held: list[socket.socket] = []
+    stop, connected = threading.Event(), threading.Event()
+
+    def accept() -> None:
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(sock.accept()[0])
+                connected.set()
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/scene.tif", connected
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        sock.close()
 
 
 # Splits over the memory budget are cached on disk: never in the user's own cache folder

@@ -8,13 +8,11 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -180,37 +178,6 @@ def test_run_report_is_not_a_raster_either(tmp_path: Path) -> None:
 
 
 # -- Ctrl-C and SIGTERM while waiting on a stalled server ---------------------------------
-
-
-@pytest.fixture
-def stall() -> Iterator[tuple[str, threading.Event]]:
-    """A server on 127.0.0.1 that accepts connections and never answers, and an event set
-    at its first connection (the run then waits on it)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    held: list[socket.socket] = []
-    stop, connected = threading.Event(), threading.Event()
-
-    def accept() -> None:
-        sock.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(sock.accept()[0])
-                connected.set()
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/scene.tif", connected
-    finally:
-        stop.set()
-        thread.join()
-        for conn in held:
-            conn.close()
-        sock.close()
 
 
 @pytest.mark.slow
