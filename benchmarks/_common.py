@@ -51,6 +51,7 @@ SECTIONS = (
     "at_the_pixel",
     "loader_rate",
     "gpu_feed",
+    "replica_training",
 )
 
 HEADER = """# gopt-geo benchmarks

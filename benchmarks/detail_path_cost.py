@@ -1,47 +1,85 @@
 """Issue 23: what the detail path costs, per training step and per prediction.
 
-GoPT on a randomly initialised EfficientNet-Lite0 (speed does not depend on the
-weights), the demo's widths (prompt 32, decoder 48, soft assignment), batch 8 of 128²
-patches with 3 auxiliary bands, one torch thread: a training step (forward, loss,
-backward, AdamW step) and an inference forward, with and without ``model.detail_path``
-(``DETAIL_DIM`` channels, default 16), in 3 interleaved rounds of 9 repeats; the ratios
-are medians of per-round ratios. Printed only (quoted in RESULTS.md's issue-23 summary).
+Two models, each with and without ``model.detail_path`` (randomly initialised backbones:
+speed does not depend on the weights):
+
+- ``demo``: GoPT on EfficientNet-Lite0 with the demo's widths (prompt 32, decoder 48,
+  soft assignment), batch 8 of 128² patches, 3 auxiliary bands (``configs/demo.yaml``);
+  the worst case, since Lite0 does little work per pixel;
+- ``whu-os``: GoPT on ViT-B/16 with ``configs/whu-os.yaml``'s widths (prompt 48, decoder
+  64, hard assignment, side path), batch 1 of 512² patches, 2 auxiliary bands: the
+  headline job.
+
+A training step is forward, loss, backward and AdamW step; a prediction is an inference
+forward. Interleaved rounds (off, on, off, on, ...) of a few repeats each, medians per
+round; the ratios are medians of the per-round ratios. Torch keeps its default threads
+(every core) unless ``--threads`` says otherwise.
 
     ./run python benchmarks/detail_path_cost.py
-    DETAIL_DIM=8 ./run python benchmarks/detail_path_cost.py
+    ./run python benchmarks/detail_path_cost.py --models demo --threads 1 --quick
 """
 
 from __future__ import annotations
 
-import os
+import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from gopt_geo.models import ModelConfig, build_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
 
-BASE = {
-    "backbone": "efficientnet_lite0",
-    "weights": "random",
-    "prompt_dim": 32,
-    "decoder_dim": 48,
-    "assignment": "soft",
+from gopt_geo.models import ModelConfig, build_model  # noqa: E402
+
+#: name -> (model settings, batch, patch, auxiliary bands, repeats per round)
+MODELS: dict[str, tuple[dict[str, Any], int, int, int, int]] = {
+    "demo": (
+        {
+            "backbone": "efficientnet_lite0",
+            "weights": "random",
+            "prompt_dim": 32,
+            "decoder_dim": 48,
+            "assignment": "soft",
+        },
+        8,
+        128,
+        3,
+        7,
+    ),
+    "whu-os": (
+        {
+            "backbone": "vit_base_patch16_224.mae",
+            "weights": "random",
+            "prompt_dim": 48,
+            "decoder_dim": 64,
+            "assignment": "hard",
+            "acp_query": "rgb+aux",
+        },
+        1,
+        512,
+        2,
+        2,
+    ),
 }
 
 
-def step_times(cfg: ModelConfig, reps: int = 9) -> tuple[float, float, int]:
+def step_times(cfg: ModelConfig, batch: int, patch: int, aux: int, reps: int) -> tuple[float, ...]:
     """Median training-step and inference seconds, and the trainable parameters."""
     model = build_model(cfg)
+    model.set_backbone_checkpointing("auto")
     model.train()
     model.backbone.eval()  # frozen, as in training
     opt = torch.optim.AdamW(model.trainable_parameters(), 1e-3)
-    rgb, aux = torch.randn(8, 3, 128, 128), torch.randn(8, 3, 128, 128)
-    target = torch.randint(0, 7, (8, 128, 128))
+    rgb, extra = torch.randn(batch, 3, patch, patch), torch.randn(batch, aux, patch, patch)
+    target = torch.randint(0, cfg.num_classes, (batch, patch, patch))
     train = []
-    for _ in range(reps):
+    for _ in range(reps + 1):  # the first is a warm-up
         t0 = time.perf_counter()
-        out = model(rgb, aux, target)
+        out = model(rgb, extra, target)
         loss = torch.nn.functional.cross_entropy(out.logits, target) + sum(out.losses.values())
         opt.zero_grad()
         loss.backward()
@@ -50,26 +88,75 @@ def step_times(cfg: ModelConfig, reps: int = 9) -> tuple[float, float, int]:
     model.eval()
     infer = []
     with torch.no_grad():
-        for _ in range(reps):
+        for _ in range(reps + 1):
             t0 = time.perf_counter()
-            model(rgb, aux)
+            model(rgb, extra)
             infer.append(time.perf_counter() - t0)
-    return statistics.median(train), statistics.median(infer), model.parameter_report().trainable
+    trainable = model.parameter_report().trainable
+    return statistics.median(train[1:]), statistics.median(infer[1:]), trainable
 
 
 def main() -> None:
-    torch.set_num_threads(1)
-    dim = int(os.environ.get("DETAIL_DIM", "16"))
-    ratios = []
-    for _ in range(3):
-        off = step_times(ModelConfig(**BASE))
-        on = step_times(ModelConfig(**BASE, detail_path=True, detail_dim=dim))
-        ratios.append((on[0] / off[0], on[1] / off[1], off[2], on[2]))
-    print(
-        f"detail_dim {dim}: training step {statistics.median(r[0] for r in ratios):.2f}x, "
-        f"prediction {statistics.median(r[1] for r in ratios):.2f}x; trainable "
-        f"{ratios[0][2]:,} -> {ratios[0][3]:,}"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="0: torch's default")
+    parser.add_argument("--detail-dim", type=int, default=ModelConfig().detail_dim)
+    parser.add_argument("--quick", action="store_true", help="1 round, RESULTS.md untouched")
+    args = parser.parse_args()
+    C.quiet()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    m = C.machine()
+    rows = []
+    for name in args.models.split(","):
+        settings, batch, patch, aux, reps = MODELS[name]
+        ratios = []
+        for _ in range(1 if args.quick else args.rounds):
+            off = step_times(ModelConfig(**settings), batch, patch, aux, reps)
+            on = step_times(
+                ModelConfig(**settings, detail_path=True, detail_dim=args.detail_dim),
+                batch,
+                patch,
+                aux,
+                reps,
+            )
+            ratios.append((on[0] / off[0], on[1] / off[1], off, on))
+            print(
+                f"{name}: step {off[0]:.3f} -> {on[0]:.3f} s, predict {off[1]:.3f} -> {on[1]:.3f} s"
+            )
+        off, on = ratios[0][2], ratios[0][3]
+        rows.append(
+            [
+                f"`{name}` ({settings['backbone']}, batch {batch} x {patch}²)",
+                f"{C.median([r[2][0] for r in ratios]):.3f}",
+                f"{C.median([r[0] for r in ratios]):.2f}x",
+                f"{C.median([r[2][1] for r in ratios]):.3f}",
+                f"{C.median([r[1] for r in ratios]):.2f}x",
+                f"{on[2] - off[2]:,}",
+            ]
+        )
+    headers = [
+        "model",
+        "step s (no detail)",
+        "step with detail",
+        "predict s (no detail)",
+        "predict with detail",
+        "detail parameters",
+    ]
+    body = "\n".join(
+        [
+            f"Command: `{C.command_line()}`",
+            "",
+            C.machine_line(m),
+            "",
+            f"Detail path `detail_dim` {args.detail_dim}; {args.rounds} interleaved rounds, "
+            "ratios are medians of per-round ratios (target: <= 1.15x).",
+            "",
+            C.table(headers, rows),
+        ]
     )
+    C.publish("detail_path_cost", "Detail path cost (issue 23)", body, args.quick)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,10 @@ class DataConfig:
     patch_size: int = 256
     batch_size: int = 8
     train_patches: int = 512  # random training patches per epoch
+    # validation patches per epoch: a fixed subset of the gridded validation patches, spread
+    # over every validation scene and the same every epoch (datamodule.GridSubsetSampler);
+    # null: all of them. Caps validation's share of an epoch on large archives.
+    val_patches: int | None = None
     stats_patches: int = 64
     # DataLoader worker processes; auto: 0 on a CPU (workers would compete with torch's
     # threads), on a GPU min(5, cores - 1): GoPT-ViT-B at 512 px consumes ~300 (A100) to
@@ -222,6 +226,7 @@ class RunConfig:
             split_rows=d.split_rows,
             split_order=d.split_order,
             scene_cache_dir=d.scene_cache_dir,
+            val_patches=d.val_patches,
         )
 
 
@@ -311,8 +316,14 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
+#: String settings documented with the value ``off``, which YAML reads as ``False``.
+OFF_KEYS = frozenset({"data.scene_cache_dir"})
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` (ints are accepted as floats)."""
+    if value is False and key in OFF_KEYS:
+        return "off"  # YAML 1.1 reads a bare `off` as false
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)

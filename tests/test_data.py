@@ -10,7 +10,7 @@ import pytest
 import rasterio
 import shapely
 import torch
-from conftest import UTM, write_raster, write_scene
+from conftest import UTM, write_raster, write_scene, write_scenes
 from rasterio.transform import from_origin
 
 from gopt_geo.data.bands import BandRouting
@@ -256,3 +256,34 @@ def test_row_bands_split_a_single_scene(tmp_path: Path) -> None:
 def test_row_bands_bad_fractions(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"data.split_rows: expected 3 positive fractions"):
         OpticalSarDataModule(tmp_path, classes=WHU_OPT_SAR_CLASSES, split_rows=[0.5, 0.5])
+
+
+def test_val_patches_is_a_fixed_subset_spread_over_every_val_scene(tmp_path: Path) -> None:
+    from gopt_geo.config import load_config
+
+    names = [f"scene_{i}" for i in range(5)]
+    write_scenes(tmp_path, names)
+    split = {"train": names[:1], "val": names[1:4], "test": names[4:]}
+
+    def val_sampler(count: int | None, seed: int = 0) -> Any:
+        dm = _dm(tmp_path, scenes=split, val_patches=count, seed=seed)
+        dm.setup("validate")
+        return dm.val_sampler
+
+    everything = list(val_sampler(None))
+    assert len(everything) >= 12  # 3 scenes of 64 px, 32-px patches: 2 x 2 each, or more
+    sampler = val_sampler(7)
+    subset = list(sampler)
+    assert len(subset) == len(sampler) == 7
+    assert set(subset) <= set(everything)
+    assert list(sampler) == subset  # the same patches every epoch ...
+    assert list(val_sampler(7)) == subset  # ... and in every run of the same seed
+    # spread over every validation scene (the scene holding each patch's centre), in
+    # proportion to their patches
+    held = [Path(str(s)).stem for s in sampler.scene_of(subset)]
+    assert sorted(held.count(n) for n in split["val"]) == [2, 2, 3]
+    assert list(val_sampler(10_000)) == everything  # more than there are: all
+    with pytest.raises(InputError, match=r"data.val_patches: expected a count >= 1"):
+        _dm(tmp_path, scenes=split, val_patches=0)
+    cfg = load_config(None, [f"data.root={tmp_path}", "data.val_patches=7"])
+    assert cfg.datamodule().val_patches == 7

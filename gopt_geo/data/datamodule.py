@@ -2,7 +2,12 @@
 
 - training patches: torchgeo ``RandomPatchSampler``, seeded per epoch (flips are the
   task's);
-- validation/test patches: ``GriddedPatchSampler`` over their own scenes;
+- validation/test patches: ``GriddedPatchSampler`` over their own scenes (one grid over
+  the bounding box of the split's scenes, patches that touch a scene kept); validation
+  can be capped at ``val_patches`` of them (:class:`GridSubsetSampler`: a fixed subset,
+  spread over every validation scene, the same every epoch), so that validating a large
+  split (WHU-OPT-SAR: 8 scenes, about 800 patches of 512²) stays a small share of an
+  epoch;
 - splits are whole scenes (see scenes.py), or, with ``split_rows``, bands of rows of
   every scene separated by a guard gap of one patch (so even a single labelled scene can
   be split); either way no patch is shared across splits;
@@ -19,7 +24,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,7 @@ import numpy as np
 import shapely
 import torch
 from torchgeo.datamodules import GeoDataModule
+from torchgeo.datasets import GeoDataset
 from torchgeo.datasets.utils import Sample
 from torchgeo.samplers import GriddedPatchSampler, RandomPatchSampler
 
@@ -72,6 +78,98 @@ class EpochPatchSampler(RandomPatchSampler):
         return super().__iter__()
 
 
+class GridSubsetSampler(GriddedPatchSampler):
+    """torchgeo's gridded sampler, cut down to a fixed subset of ``count`` patches.
+
+    The subset is the same in every pass (validation scores of different epochs compare
+    the same pixels) and a function of (``seed``, the split's scenes) alone. It is spread
+    over every scene of the split: each gridded patch belongs to the scene nearest its
+    centre; scenes get shares of ``count`` in proportion to their patches (largest
+    remainder, at least one each when ``count`` allows), and a scene's share is taken at
+    even strides through its patches (row by row), from a seeded phase. ``count`` None,
+    or at least the number of gridded patches, keeps them all. Patches come in the
+    gridded order.
+    """
+
+    def __init__(
+        self, dataset: GeoDataset, *, count: int | None = None, seed: int = 0, **kwargs: Any
+    ) -> None:
+        super().__init__(dataset, **kwargs)
+        if count is not None and count < 1:
+            raise ValueError(f"count must be >= 1 or None, got {count}")
+        #: the dataset's index (footprints, files): which scene a patch belongs to
+        self.scene_index = dataset.index
+        self.count = count
+        self.seed = seed
+        self._chosen: list[tuple[slice, slice]] | None = None
+
+    def all_patches(self) -> list[tuple[slice, slice]]:
+        """Every patch of the full grid, in torchgeo's order."""
+        return list(super().__iter__())
+
+    def scene_of(self, patches: Sequence[tuple[slice, slice]]) -> np.ndarray:
+        """The scene of each patch: the file (or row) of the sampler's index nearest the
+        patch's centre (the one it lies in, for a centre inside a scene)."""
+        index = self.scene_index
+        geoms = index.geometry.to_numpy()
+        keys = (
+            index["filepath"].astype(str).to_numpy()
+            if "filepath" in index
+            else np.arange(len(geoms))
+        )
+        if not patches:
+            return keys[:0]
+        centres = shapely.points(
+            [((x.start + x.stop) / 2, (y.start + y.stop) / 2) for x, y in patches]
+        )
+        nearest = shapely.STRtree(geoms).query_nearest(centres, all_matches=False)
+        out = np.empty(len(patches), dtype=keys.dtype)
+        out[nearest[0]] = keys[nearest[1]]
+        return out
+
+    def chosen(self) -> list[tuple[slice, slice]]:
+        """The subset (computed once)."""
+        if self._chosen is None:
+            patches = self.all_patches()
+            if self.count is None or self.count >= len(patches):
+                self._chosen = patches
+            else:
+                keep = spread_subset(self.scene_of(patches), self.count, self.seed)
+                self._chosen = [patches[i] for i in keep]
+        return self._chosen
+
+    def __iter__(self) -> Iterator[tuple[slice, slice]]:
+        yield from self.chosen()
+
+    def __len__(self) -> int:
+        return len(self.chosen())
+
+
+def spread_subset(groups: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Indices (ascending) of ``count`` items of ``groups`` (one group label per item),
+    spread over the groups in proportion to their sizes (largest remainder; at least one
+    per group when ``count`` allows) and, inside a group, at even strides from a phase
+    drawn from ``seed``."""
+    labels, sizes = np.unique(groups, return_counts=True)
+    count = min(count, len(groups))
+    exact = count * sizes / sizes.sum()
+    quota = np.floor(exact).astype(np.int64)
+    order = np.argsort(-(exact - quota), kind="stable")
+    quota[order[: count - int(quota.sum())]] += 1
+    if count >= len(labels):  # every group gets one, taken from the largest shares
+        while (quota == 0).any():
+            quota[int(np.argmax(quota))] -= 1
+            quota[int(np.flatnonzero(quota == 0)[0])] += 1
+    rng = np.random.default_rng(seed)
+    keep: list[np.ndarray] = []
+    for label, n, q in zip(labels, sizes, quota, strict=True):
+        members = np.flatnonzero(groups == label)
+        phase = rng.random()
+        if q:
+            keep.append(members[np.floor((np.arange(q) + phase) * n / q).astype(np.int64)])
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class SplitExtent:
     """Where a split's pixels are: its scenes, and for a row split its bands as boxes
@@ -102,6 +200,7 @@ class OpticalSarDataModule(GeoDataModule):
         split_rows: list[float] | None = None,
         split_order: list[str] | None = None,
         scene_cache_dir: str | Path | None = "auto",
+        val_patches: int | None = None,
     ) -> None:
         if dataset not in DATASETS:
             raise InputError(
@@ -134,6 +233,14 @@ class OpticalSarDataModule(GeoDataModule):
             if scenes is not None:
                 raise InputError("data.split_rows and data.scenes cannot be used together")
         self.split_rows = split_rows
+        if val_patches is not None and (isinstance(val_patches, bool) or val_patches < 1):
+            raise InputError(
+                f"data.val_patches: expected a count >= 1, or null for every gridded "
+                f"validation patch, got {val_patches!r}"
+            )
+        #: validation patches per epoch: a fixed subset of the gridded ones
+        #: (:class:`GridSubsetSampler`); None: all of them
+        self.val_patches = val_patches
         #: where a split too large for the memory cache is cached on disk ("auto": the
         #: default folder or GOPT_GEO_SCENE_CACHE_DIR; None/"off": no disk cache)
         self.scene_cache_dir = scene_cache_dir
@@ -247,8 +354,12 @@ class OpticalSarDataModule(GeoDataModule):
             self.ensure_statistics()
         if stage in ("fit", "validate"):
             self.val_dataset = self.split_dataset("val")
-            self.val_sampler = GriddedPatchSampler(
-                self.val_dataset, size=self.patch_size, stride=self.patch_size
+            self.val_sampler = GridSubsetSampler(
+                self.val_dataset,
+                size=self.patch_size,
+                stride=self.patch_size,
+                count=self.val_patches,
+                seed=self.seed,
             )
         if stage == "test":
             self.test_dataset = self.split_dataset("test")

@@ -43,6 +43,10 @@ class SegmentationOutput:
     losses: dict[str, Tensor] = field(default_factory=dict)  # "class_aware", "alignment"
 
 
+#: Tensors only the first design of the detail path had.
+FIRST_DETAIL_KEYS = ("decoder.detail.stem.", "decoder.detail.context.", "decoder.detail.mix.")
+
+
 class SegmentationModel(nn.Module):
     """Base of GoPT and every baseline: same inputs, same outputs, same bookkeeping.
 
@@ -225,9 +229,13 @@ class SegmentationModel(nn.Module):
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
+            # the detail path's first design (3x3 stem + decoder context, 2026-12-03) was
+            # replaced by a per-pixel MLP before a release; say so rather than list keys
+            first_detail = any(k.startswith(FIRST_DETAIL_KEYS) for k in unexpected)
+            hint = " (the first detail path's tensors: retrain this adapter)" * first_detail
             raise InputError(
                 f"{source}: tensors do not match the model: {len(missing)} missing "
-                f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
+                f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}{hint}"
             )
         for key, tensor in state.items():
             if tensor.shape != expected[key].shape:

@@ -103,10 +103,11 @@ class ModelConfig:
     cup_context: str = "window"  # window: groups per window | scene: from a whole-scene pass
     context_size: int = 1024  # longest side (pixels) of the scene-context pass
     # -- the full-resolution detail path (decoder.DetailHead; every variant with a decoder) --
-    detail_path: bool = False  # a light trainable stream from every band at full resolution,
-    # fused with the decoder's upsampled features and added to its logits, so that 1-3 px
-    # features (rivers, roads) can be mapped; False: logits at 1/4, upsampled (the paper)
-    detail_dim: int = 16  # channels of the detail path's full-resolution maps
+    detail_path: bool = False  # a per-pixel MLP over every band at full resolution whose
+    # logits are added to the decoder's upsampled ones, so that 1-3 px features (rivers,
+    # roads) can be mapped; False: logits at 1/4, upsampled (the paper)
+    detail_dim: int = 48  # its width: 16 and 24 fell short of the per-pixel yardstick on
+    # water (benchmarks/at_the_pixel.py), 48 is the demo decoder's (and the yardstick's) width
 
     def __post_init__(self) -> None:
         problems = []

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from gopt_geo.models.base import SegmentationModel, SegmentationOutput
+from gopt_geo.models.decoder import pixel_mlp
 
 #: Hidden layers of the MLP: two, as in the usual per-pixel MLP baselines; one is close
 #: to logistic regression, more adds nothing a pixel's few bands can use.
@@ -34,16 +35,8 @@ class PixelSegmenter(SegmentationModel):
     def build_modules(self, *, frozen: bool, in_chans: int) -> None:
         config = self.config
         self.backbone = None
-        width, layers = config.decoder_dim, []
-        c_in = 3 + config.aux_channels
-        for _ in range(HIDDEN_LAYERS):
-            layers += [
-                nn.Conv2d(c_in, width, kernel_size=1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
-            ]
-            c_in = width
-        self.mlp = nn.Sequential(*layers)
+        width = config.decoder_dim
+        self.mlp = pixel_mlp(3 + config.aux_channels, width, HIDDEN_LAYERS)
         self.classifier = nn.Conv2d(width, config.num_classes, kernel_size=1)
 
     def forward(
