@@ -49,6 +49,7 @@ SECTIONS = (
     "window_independence",
     "channels_last",
     "at_the_pixel",
+    "detail_path_cost",
     "loader_rate",
     "gpu_feed",
     "replica_training",

@@ -77,3 +77,14 @@ def test_the_optical_yardstick_gets_the_optical_bands_only() -> None:
     rgb_only = ["model.variant=optical_all_bands", "data.optical_bands=[R, G, B]"]
     with pytest.raises(InputError, match=r"optical_all_bands: no optical band besides the RGB"):
         load_config(None, rgb_only).band_routing()
+
+
+def test_a_bare_off_in_yaml_turns_the_scene_cache_off(tmp_path: Path) -> None:
+    # YAML 1.1 reads `off` as false; the documented value must still work
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  scene_cache_dir: off\n")
+    assert load_config(str(path), []).data.scene_cache_dir == "off"
+    assert load_config(None, ["data.scene_cache_dir=off"]).data.scene_cache_dir == "off"
+    path.write_text("data:\n  patch_size: off\n")  # other keys still refuse it
+    with pytest.raises(InputError, match="data.patch_size"):
+        load_config(str(path), [])

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from gopt_geo.checkpoint import METADATA_KEY, load_adapter, save_adapter
 from gopt_geo.data.bands import BandRouting
 from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
+from gopt_geo.errors import InputError
 from gopt_geo.models import ModelConfig, build_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::gopt_geo.models.RandomBackboneWarning")
@@ -141,3 +142,25 @@ def test_an_adapter_written_before_the_detail_path_loads_with_it_off(tmp_path):
 def test_detail_dim_is_checked():
     with pytest.raises(ValueError, match="detail_dim must be >= 1"):
         ModelConfig(detail_path=True, detail_dim=0)
+
+
+def test_an_adapter_with_the_first_detail_path_is_refused_with_a_hint(tmp_path):
+    model = build_model(tiny(detail_path=True)).eval()
+    routing = BandRouting(("B", "G", "R", "NIR"), ("VV", "VH"))
+    path = tmp_path / "first.safetensors"
+    save_adapter(
+        path, model, {"routing": routing.to_dict(), "classes": WHU_OPT_SAR_CLASSES.to_dict()}
+    )
+    # the first design's tensors (3x3 stem, context, mix) in place of the MLP's
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = {
+        k: v
+        for k, v in safetensors.torch.load_file(str(path)).items()
+        if not k.startswith("decoder.detail.mlp.")
+    }
+    tensors["decoder.detail.stem.weight"] = torch.zeros(48, 6, 3, 3)
+    tensors["decoder.detail.mix.weight"] = torch.zeros(48, 48, 1, 1)
+    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(InputError, match="first detail path.*retrain"):
+        load_adapter(path)
