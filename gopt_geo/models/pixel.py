@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from gopt_geo.models.base import SegmentationModel, SegmentationOutput
-from gopt_geo.models.decoder import pixel_mlp
+from gopt_geo.models.decoder import apply_pixel_mlp, pixel_mlp
 
 #: Hidden layers of the MLP: two, as in the usual per-pixel MLP baselines; one is close
 #: to logistic regression, more adds nothing a pixel's few bands can use.
@@ -44,4 +44,6 @@ class PixelSegmenter(SegmentationModel):
     ) -> SegmentationOutput:
         """See `SegmentationModel.forward`; any H, W, no padding (nothing has a stride)."""
         self._check_inputs(rgb, aux, target)
-        return SegmentationOutput(self.classifier(self.mlp(torch.cat([rgb, aux], dim=1))))
+        return SegmentationOutput(
+            apply_pixel_mlp(self.mlp, self.classifier, torch.cat([rgb, aux], dim=1))
+        )
