@@ -66,9 +66,11 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
 TEST_ORIGIN = (660_000.0, 3_380_000.0)  # 60 km east of the training scenes
 
 
-def _data(work: Path, quick: bool, name: str = "accuracy") -> tuple[Path, Any, Path]:
-    """Training scenes folder, the held-out test scene, and its clear-sky mask (under
-    ``work/name``, generated once)."""
+def _data(
+    work: Path, quick: bool, name: str = "accuracy", test_seed: int = 1234
+) -> tuple[Path, Any, Path]:
+    """Training scenes folder, the held-out test scene (drawn with ``test_seed``), and its
+    clear-sky mask (under ``work/name``, generated once)."""
     import numpy as np
     import rasterio
 
@@ -85,7 +87,7 @@ def _data(work: Path, quick: bool, name: str = "accuracy") -> tuple[Path, Any, P
             root / "test",
             "test_000",
             size=test_size,
-            seed=1234,
+            seed=test_seed,
             cloud_cover=0.3,
             origin=TEST_ORIGIN,
         )
