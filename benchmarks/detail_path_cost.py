@@ -12,8 +12,12 @@ speed does not depend on the weights):
 
 A training step is forward, loss, backward and AdamW step; a prediction is an inference
 forward. Interleaved rounds (off, on, off, on, ...) of a few repeats each, medians per
-round; the ratios are medians of the per-round ratios. Torch keeps its default threads
-(every core) unless ``--threads`` says otherwise.
+round; the ratios are medians of the per-round ratios. Training scores the share of
+pixels ``model.detail_sample`` says (the default, as training runs it). Then ``predict``
+as the command runs it (`Predictor.predict`: read, tile with the default margin, model,
+blend, write the COG) on a synthetic scene (1024² unless ``--scene``), each model with
+and without the detail path, calls interleaved. Torch keeps its default threads (every
+core) unless ``--threads`` says otherwise.
 
     ./run python benchmarks/detail_path_cost.py
     ./run python benchmarks/detail_path_cost.py --models demo --threads 1 --quick
@@ -82,7 +86,8 @@ def step_times(cfg: ModelConfig, batch: int, patch: int, aux: int, reps: int) ->
     for _ in range(reps + 1):  # the first is a warm-up
         t0 = time.perf_counter()
         out = model(rgb, extra, target)
-        loss = torch.nn.functional.cross_entropy(out.logits, target) + sum(out.losses.values())
+        loss = torch.nn.functional.cross_entropy(out.logits, out.labels(target))
+        loss = loss + sum(out.losses.values())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -98,6 +103,29 @@ def step_times(cfg: ModelConfig, batch: int, patch: int, aux: int, reps: int) ->
     return statistics.median(train[1:]), statistics.median(infer[1:]), trainable
 
 
+def predict_times(
+    settings: dict[str, Any], size: int, work: Path, rounds: int, window: int
+) -> tuple[float, float]:
+    """``gopt-geo predict``'s own pipeline (`Predictor.predict`: read, tile with the
+    default margin, model, blend, write the COG) on a ``size``² synthetic scene, the model
+    with and without the detail path; calls interleaved, medians (seconds without, ratio)."""
+    from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
+    from gopt_geo.inference import Predictor
+
+    files = C.scene(work, size)
+    routing = C.routing()  # B, G, R, NIR + VV, VH: three auxiliary bands for either model
+    options = C.predict_options(window=window, confidence=False)
+    steps = {}
+    for key, detail in (("off", False), ("on", True)):
+        torch.manual_seed(0)
+        cfg = ModelConfig(**{**settings, "aux_channels": routing.num_aux}, detail_path=detail)
+        predictor = Predictor(build_model(cfg).eval(), routing, WHU_OPT_SAR_CLASSES, device="cpu")
+        out = work / "out" / f"detail_cost_{key}"
+        steps[key] = lambda p=predictor, o=out: p.predict(files.optical, files.sar, o, options)
+    times, ratios = C.interleaved_ratios(steps, "off", rounds)
+    return C.median(times["off"]), ratios["on"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
@@ -105,6 +133,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="0: torch's default")
     parser.add_argument("--detail-dim", type=int, default=ModelConfig().detail_dim)
     parser.add_argument("--quick", action="store_true", help="1 round, RESULTS.md untouched")
+    parser.add_argument("--work", type=Path, default=C.DEFAULT_WORK)
+    parser.add_argument("--scene", type=int, default=1024, help="predict: scene size (px)")
+    parser.add_argument("--window", type=int, default=512, help="predict: window (px)")
+    parser.add_argument("--predict-rounds", type=int, default=5)
     args = parser.parse_args()
     C.quiet()
     if args.threads:
@@ -128,6 +160,9 @@ def main() -> None:
                 f"{name}: step {off[0]:.3f} -> {on[0]:.3f} s, predict {off[1]:.3f} -> {on[1]:.3f} s"
             )
         off, on = ratios[0][2], ratios[0][3]
+        rounds = 2 if args.quick else args.predict_rounds
+        scene_s, scene_ratio = predict_times(settings, args.scene, args.work, rounds, args.window)
+        print(f"{name}: predict {args.scene}² {scene_s:.2f} s, with detail {scene_ratio:.2f}x")
         rows.append(
             [
                 f"`{name}` ({settings['backbone']}, batch {batch} x {patch}²)",
@@ -135,6 +170,8 @@ def main() -> None:
                 f"{C.median([r[0] for r in ratios]):.2f}x",
                 f"{C.median([r[2][1] for r in ratios]):.3f}",
                 f"{C.median([r[1] for r in ratios]):.2f}x",
+                f"{scene_s:.2f}",
+                f"{scene_ratio:.2f}x",
                 f"{on[2] - off[2]:,}",
             ]
         )
@@ -144,6 +181,8 @@ def main() -> None:
         "step with detail",
         "predict s (no detail)",
         "predict with detail",
+        f"`predict` {args.scene}² s (no detail)",
+        "`predict` with detail",
         "detail parameters",
     ]
     body = "\n".join(
@@ -152,8 +191,10 @@ def main() -> None:
             "",
             C.machine_line(m),
             "",
-            f"Detail path `detail_dim` {args.detail_dim}; {args.rounds} interleaved rounds, "
-            "ratios are medians of per-round ratios (target: <= 1.15x).",
+            f"Detail path `detail_dim` {args.detail_dim}, training scores "
+            f"{ModelConfig().detail_sample:.0%} of the pixels; {args.rounds} interleaved rounds, "
+            "ratios are medians of per-round ratios (target: <= 1.15x). `predict`: window "
+            f"{args.window}, default margin, {args.predict_rounds} interleaved calls of each.",
             "",
             C.table(headers, rows),
         ]

@@ -198,7 +198,7 @@ class GoPTTask(BaseTask):
         self.model.set_progress(self.global_step / max(1, self.trainer.estimated_stepping_batches))
         batch = random_flips(batch)
         out = self._forward(batch, with_target=True)
-        ce = self.criterion(out.logits, batch["mask"])
+        ce = self.criterion(out.logits, out.labels(batch["mask"]))
         loss = ce
         weights = {
             "class_aware": self.train_config.class_aware_weight,

@@ -22,6 +22,8 @@ from gopt_geo.data.bands import BandRouting
 from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
 from gopt_geo.errors import InputError
 from gopt_geo.models import ModelConfig, build_model
+from gopt_geo.models.backbone import pad_to_multiple
+from gopt_geo.models.decoder import PREDICT_CHUNK, apply_pixel_mlp, pixel_mlp, sample_points
 
 pytestmark = pytest.mark.filterwarnings("ignore::gopt_geo.models.RandomBackboneWarning")
 
@@ -60,7 +62,8 @@ def line_iou(detail: bool, seed: int, steps: int = 50) -> float:
     weight = torch.tensor([1.0, 5.0])  # the line is 1/48 of the pixels
     for _ in range(steps):
         rgb, aux, target = line_batch(g)
-        loss = F.cross_entropy(model(rgb, aux, target).logits, target, weight=weight)
+        out = model(rgb, aux, target)
+        loss = F.cross_entropy(out.logits, out.labels(target), weight=weight)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -126,7 +129,7 @@ def test_an_adapter_written_before_the_detail_path_loads_with_it_off(tmp_path):
     # what an older gopt-geo wrote: no detail_path, no detail_dim
     with safetensors.safe_open(str(path), framework="pt") as f:
         document = json.loads(f.metadata()[METADATA_KEY])
-    for field in ("detail_path", "detail_dim"):
+    for field in ("detail_path", "detail_dim", "detail_sample"):
         del document["model"][field]
     tensors = safetensors.torch.load_file(str(path))
     safetensors.torch.save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(document)})
@@ -164,3 +167,92 @@ def test_an_adapter_with_the_first_detail_path_is_refused_with_a_hint(tmp_path):
     safetensors.torch.save_file(tensors, str(path), metadata=metadata)
     with pytest.raises(InputError, match="first detail path.*retrain"):
         load_adapter(path)
+
+
+def test_detail_sample_is_checked():
+    for bad in (0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="detail_sample must be in"):
+            ModelConfig(detail_path=True, detail_sample=bad)
+
+
+@pytest.mark.parametrize("mode", ["train", "predict"])
+def test_the_matrix_product_mlp_is_the_1x1_convolutions(mode):
+    # the same tensors as conv -> batch norm -> ReLU (x2) -> 1x1 classifier; predicting,
+    # batch norm is folded into the weights and the pixels go through in chunks
+    # float64: the two forms sum in different orders, and float32 sums of 20k pixels
+    # differ in the 4th digit
+    torch.manual_seed(0)
+    mlp, classifier = pixel_mlp(5, 12).double(), torch.nn.Conv2d(12, 4, kernel_size=1).double()
+    for bn in (mlp[1], mlp[4]):  # trained-looking statistics and affine parameters
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        torch.nn.init.normal_(bn.weight)
+        torch.nn.init.normal_(bn.bias)
+    x = torch.randn(
+        2, 5, 97, 101, dtype=torch.float64
+    )  # more pixels than one chunk, and not a multiple of it
+    assert x[:, 0].numel() > PREDICT_CHUNK
+    reference_mlp = pixel_mlp(5, 12).double()
+    reference_classifier = torch.nn.Conv2d(12, 4, kernel_size=1).double()
+    reference_mlp.load_state_dict(mlp.state_dict())
+    reference_classifier.load_state_dict(classifier.state_dict())
+    if mode == "train":
+        mlp.train(), reference_mlp.train()
+        got = apply_pixel_mlp(mlp, classifier, x)
+        want = reference_classifier(reference_mlp(x))
+        got.square().sum().backward()
+        want.square().sum().backward()
+        for a, b in zip(mlp.parameters(), reference_mlp.parameters(), strict=True):
+            torch.testing.assert_close(a.grad, b.grad)
+        for name, buffer in mlp.named_buffers():  # running averages updated alike
+            torch.testing.assert_close(buffer, dict(reference_mlp.named_buffers())[name])
+    else:
+        mlp.eval(), reference_mlp.eval()
+        with torch.no_grad():
+            got = apply_pixel_mlp(mlp, classifier, x)
+            want = reference_classifier(reference_mlp(x))
+    torch.testing.assert_close(got, want)
+
+
+def test_sample_points_draws_distinct_pixels_of_the_image_not_its_padding():
+    torch.manual_seed(0)
+    points = sample_points(3, 37, 45, 0.25, "cpu", row_length=64)
+    assert points.shape == (3, -(-37 * 45 // 4))
+    rows, cols = points // 64, points % 64
+    assert bool((rows < 37).all() and (cols < 45).all())
+    for p in points:
+        assert len(set(p.tolist())) == len(p) and bool((p[1:] > p[:-1]).all())
+    torch.manual_seed(0)
+    assert torch.equal(points, sample_points(3, 37, 45, 0.25, "cpu", row_length=64))
+    assert sample_points(1, 4, 4, 1.0, "cpu").tolist() == [list(range(16))]
+
+
+def test_training_scores_a_sample_of_the_pixels_and_the_labels_follow_it():
+    torch.manual_seed(0)
+    model = build_model(tiny(num_classes=5, aux_channels=2, detail_path=True))
+    g = torch.Generator().manual_seed(0)
+    rgb, aux = torch.randn(2, 3, 40, 52, generator=g), torch.randn(2, 2, 40, 52, generator=g)
+    target = torch.randint(0, 5, (2, 40, 52), generator=g)
+    model.train()
+    out = model(rgb, aux, target)
+    count = -(-40 * 52 // 4)  # detail_sample 0.25 by default
+    assert out.logits.shape == (2, 5, count) and out.target.shape == (2, count)
+    # the decoder's logits at sampled points are its full map's at those pixels
+    model.eval()
+    with torch.no_grad():
+        padded = [pad_to_multiple(t, 32) for t in (rgb, aux)]  # as forward pads them
+        features, _ = model.forward_features(*padded, None)
+        bands = torch.cat(padded, 1)
+        torch.manual_seed(1)
+        points = sample_points(2, 40, 52, 0.25, "cpu", row_length=64)
+        sampled = model.decoder(features, (64, 64), bands, points)
+        full = model.decoder(features, (64, 64), bands)
+    at_points = full.flatten(2).gather(2, points[:, None].expand(-1, 5, -1))
+    torch.testing.assert_close(sampled, at_points)
+    # validation and prediction (no target, or eval) map every pixel
+    assert model(rgb, aux).logits.shape == (2, 5, 40, 52)
+    model.train()
+    assert model(rgb, aux).logits.shape == (2, 5, 40, 52)
+    every = build_model(tiny(num_classes=5, aux_channels=2, detail_path=True, detail_sample=1))
+    assert every.train()(rgb, aux, target).logits.shape == (2, 5, 40, 52)
+    assert every(rgb, aux, target).target is None

@@ -28,7 +28,7 @@ from gopt_geo.models.config import (
     ParameterReport,
     checkpoint_share,
 )
-from gopt_geo.models.decoder import MultiLevelDecoder
+from gopt_geo.models.decoder import MultiLevelDecoder, sample_points
 from gopt_geo.models.prompters import prompted_points
 from gopt_geo.models.variants import VARIANT_INFO
 
@@ -39,8 +39,15 @@ NO_BACKBONE = {"name": "none", "weights": "none", "sha256": "none"}
 
 @dataclass
 class SegmentationOutput:
-    logits: Tensor  # [B, num_classes, H, W] at input resolution
+    logits: Tensor  # [B, num_classes, H, W] at input resolution; [B, num_classes, P]
+    # when training scored a sample of the pixels (``target`` then holds their labels)
     losses: dict[str, Tensor] = field(default_factory=dict)  # "class_aware", "alignment"
+    target: Tensor | None = None  # [B, P]: the labels of the sampled pixels, or None
+
+    def labels(self, target: Tensor) -> Tensor:
+        """What ``logits`` are to be scored against: the sampled pixels' labels when
+        training sampled (``model.detail_sample`` < 1), else ``target`` itself."""
+        return target if self.target is None else self.target
 
 
 #: Tensors only the first design of the detail path had.
@@ -141,10 +148,18 @@ class SegmentationModel(nn.Module):
         if target is not None:
             target = pad_to_multiple(target, divisor, value=IGNORE_INDEX)
         features, losses = self.forward_features(rgb, aux, target, context)
-        bands = None
+        size = (rgb.shape[-2], rgb.shape[-1])
+        bands = points = None
         if self.decoder.detail is not None:
             bands = torch.cat([rgb, aux], dim=1) if self.reads_aux else rgb
-        logits = self.decoder(features, (rgb.shape[-2], rgb.shape[-1]), bands)
+            if self.training and target is not None and self.config.detail_sample < 1:
+                # the loss scores a sample of the pixels (decoder.sample_points), drawn
+                # from the image, not its padding
+                share = self.config.detail_sample
+                points = sample_points(len(rgb), h, w, share, rgb.device, size[1])
+                logits = self.decoder(features, size, bands, points)
+                return SegmentationOutput(logits, losses, target.flatten(1).gather(1, points))
+        logits = self.decoder(features, size, bands)
         return SegmentationOutput(logits[..., :h, :w], losses)
 
     @property
