@@ -11,13 +11,14 @@ speed does not depend on the weights):
   headline job.
 
 A training step is forward, loss, backward and AdamW step; a prediction is an inference
-forward. Interleaved rounds (off, on, off, on, ...) of a few repeats each, medians per
-round; the ratios are medians of the per-round ratios. Training scores the share of
-pixels ``model.detail_sample`` says (the default, as training runs it). Then ``predict``
-as the command runs it (`Predictor.predict`: read, tile with the default margin, model,
-blend, write the COG) on a synthetic scene (1024² unless ``--scene``), each model with
-and without the detail path, calls interleaved. Torch keeps its default threads (every
-core) unless ``--threads`` says otherwise.
+forward. Three models per row (no detail path; with it, training scoring one pixel per
+2x2 block, the default ``model.detail_sample_block``; with it, scoring every pixel), their
+calls interleaved one by one in one process (this VM's speed drifts by 10-20 % between
+minutes), the ratios medians of per-call ratios. Then ``predict`` as the command runs
+it (`Predictor.predict`: read, tile with the default margin, model, blend, write the
+COG) on a synthetic scene (1024² unless ``--scene``), each model with and without the
+detail path, calls interleaved. Torch keeps its default threads (every core) unless
+``--threads`` says otherwise.
 
     ./run python benchmarks/detail_path_cost.py
     ./run python benchmarks/detail_path_cost.py --models demo --threads 1 --quick
@@ -26,9 +27,7 @@ core) unless ``--threads`` says otherwise.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -73,34 +72,32 @@ MODELS: dict[str, tuple[dict[str, Any], int, int, int, int]] = {
 }
 
 
-def step_times(cfg: ModelConfig, batch: int, patch: int, aux: int, reps: int) -> tuple[float, ...]:
-    """Median training-step and inference seconds, and the trainable parameters."""
+def model_calls(cfg: ModelConfig, batch: int, patch: int, aux: int) -> tuple[Any, Any, int]:
+    """A training step and an inference call of the model ``cfg`` on random inputs
+    (speed does not depend on the weights), and its trainable parameters."""
+    torch.manual_seed(0)
     model = build_model(cfg)
     model.set_backbone_checkpointing("auto")
-    model.train()
-    model.backbone.eval()  # frozen, as in training
     opt = torch.optim.AdamW(model.trainable_parameters(), 1e-3)
     rgb, extra = torch.randn(batch, 3, patch, patch), torch.randn(batch, aux, patch, patch)
     target = torch.randint(0, cfg.num_classes, (batch, patch, patch))
-    train = []
-    for _ in range(reps + 1):  # the first is a warm-up
-        t0 = time.perf_counter()
+
+    def step() -> None:
+        model.train()
+        model.backbone.eval()  # frozen, as in training
         out = model(rgb, extra, target)
         loss = torch.nn.functional.cross_entropy(out.logits, out.labels(target))
         loss = loss + sum(out.losses.values())
         opt.zero_grad()
         loss.backward()
         opt.step()
-        train.append(time.perf_counter() - t0)
-    model.eval()
-    infer = []
-    with torch.no_grad():
-        for _ in range(reps + 1):
-            t0 = time.perf_counter()
+
+    def infer() -> None:
+        model.eval()
+        with torch.no_grad():
             model(rgb, extra)
-            infer.append(time.perf_counter() - t0)
-    trainable = model.parameter_report().trainable
-    return statistics.median(train[1:]), statistics.median(infer[1:]), trainable
+
+    return step, infer, model.parameter_report().trainable
 
 
 def predict_times(
@@ -145,40 +142,43 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         settings, batch, patch, aux, reps = MODELS[name]
-        ratios = []
-        for _ in range(1 if args.quick else args.rounds):
-            off = step_times(ModelConfig(**settings), batch, patch, aux, reps)
-            on = step_times(
-                ModelConfig(**settings, detail_path=True, detail_dim=args.detail_dim),
-                batch,
-                patch,
-                aux,
-                reps,
-            )
-            ratios.append((on[0] / off[0], on[1] / off[1], off, on))
-            print(
-                f"{name}: step {off[0]:.3f} -> {on[0]:.3f} s, predict {off[1]:.3f} -> {on[1]:.3f} s"
-            )
-        off, on = ratios[0][2], ratios[0][3]
+        variants = {
+            "off": ModelConfig(**settings),
+            "on": ModelConfig(**settings, detail_path=True, detail_dim=args.detail_dim),
+            "every pixel": ModelConfig(
+                **settings, detail_path=True, detail_dim=args.detail_dim, detail_sample_block=1
+            ),
+        }
+        calls = {key: model_calls(cfg, batch, patch, aux) for key, cfg in variants.items()}
+        n = (2 if args.quick else args.rounds) * reps
+        step_s, step_ratio = C.interleaved_ratios({k: c[0] for k, c in calls.items()}, "off", n)
+        infer_s, infer_ratio = C.interleaved_ratios({k: c[1] for k, c in calls.items()}, "off", n)
+        print(
+            f"{name}: step {C.median(step_s['off']):.3f} s, with detail {step_ratio['on']:.2f}x "
+            f"(every pixel {step_ratio['every pixel']:.2f}x); predict "
+            f"{C.median(infer_s['off']):.3f} s, with detail {infer_ratio['on']:.2f}x"
+        )
         rounds = 2 if args.quick else args.predict_rounds
         scene_s, scene_ratio = predict_times(settings, args.scene, args.work, rounds, args.window)
         print(f"{name}: predict {args.scene}² {scene_s:.2f} s, with detail {scene_ratio:.2f}x")
         rows.append(
             [
                 f"`{name}` ({settings['backbone']}, batch {batch} x {patch}²)",
-                f"{C.median([r[2][0] for r in ratios]):.3f}",
-                f"{C.median([r[0] for r in ratios]):.2f}x",
-                f"{C.median([r[2][1] for r in ratios]):.3f}",
-                f"{C.median([r[1] for r in ratios]):.2f}x",
+                f"{C.median(step_s['off']):.3f}",
+                f"{step_ratio['on']:.2f}x",
+                f"{step_ratio['every pixel']:.2f}x",
+                f"{C.median(infer_s['off']):.3f}",
+                f"{infer_ratio['on']:.2f}x",
                 f"{scene_s:.2f}",
                 f"{scene_ratio:.2f}x",
-                f"{on[2] - off[2]:,}",
+                f"{calls['on'][2] - calls['off'][2]:,}",
             ]
         )
     headers = [
         "model",
         "step s (no detail)",
         "step with detail",
+        "... scoring every pixel",
         "predict s (no detail)",
         "predict with detail",
         f"`predict` {args.scene}² s (no detail)",
@@ -191,9 +191,10 @@ def main() -> None:
             "",
             C.machine_line(m),
             "",
-            f"Detail path `detail_dim` {args.detail_dim}, training scores "
-            f"{ModelConfig().detail_sample:.0%} of the pixels; {args.rounds} interleaved rounds, "
-            "ratios are medians of per-round ratios (target: <= 1.15x). `predict`: window "
+            f"Detail path `detail_dim` {args.detail_dim}, training scores one pixel per "
+            f"{ModelConfig().detail_sample_block}² block (`model.detail_sample_block`; 1: every "
+            f"pixel); calls interleaved one by one, {args.rounds} x repeats each, ratios are "
+            "medians of per-call ratios (target: <= 1.15x). `predict`: window "
             f"{args.window}, default margin, {args.predict_rounds} interleaved calls of each.",
             "",
             C.table(headers, rows),

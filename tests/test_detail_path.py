@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import rasterio
 import safetensors
 import safetensors.torch
 import torch
@@ -129,7 +131,7 @@ def test_an_adapter_written_before_the_detail_path_loads_with_it_off(tmp_path):
     # what an older gopt-geo wrote: no detail_path, no detail_dim
     with safetensors.safe_open(str(path), framework="pt") as f:
         document = json.loads(f.metadata()[METADATA_KEY])
-    for field in ("detail_path", "detail_dim", "detail_sample"):
+    for field in ("detail_path", "detail_dim", "detail_sample_block"):
         del document["model"][field]
     tensors = safetensors.torch.load_file(str(path))
     safetensors.torch.save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(document)})
@@ -169,10 +171,9 @@ def test_an_adapter_with_the_first_detail_path_is_refused_with_a_hint(tmp_path):
         load_adapter(path)
 
 
-def test_detail_sample_is_checked():
-    for bad in (0, 1.5, -0.1):
-        with pytest.raises(ValueError, match="detail_sample must be in"):
-            ModelConfig(detail_path=True, detail_sample=bad)
+def test_detail_sample_block_is_checked():
+    with pytest.raises(ValueError, match="detail_sample_block must be >= 1"):
+        ModelConfig(detail_path=True, detail_sample_block=0)
 
 
 @pytest.mark.parametrize("mode", ["train", "predict"])
@@ -214,17 +215,22 @@ def test_the_matrix_product_mlp_is_the_1x1_convolutions(mode):
     torch.testing.assert_close(got, want)
 
 
-def test_sample_points_draws_distinct_pixels_of_the_image_not_its_padding():
+def test_sample_points_draws_one_pixel_per_block_of_the_image_not_its_padding():
     torch.manual_seed(0)
-    points = sample_points(3, 37, 45, 0.25, "cpu", row_length=64)
-    assert points.shape == (3, -(-37 * 45 // 4))
+    points = sample_points(3, 37, 45, 2, "cpu", row_length=64)
+    assert points.shape == (3, 19 * 23)  # blocks cut by the edge (37, 45 odd) count too
     rows, cols = points // 64, points % 64
     assert bool((rows < 37).all() and (cols < 45).all())
-    for p in points:
-        assert len(set(p.tolist())) == len(p) and bool((p[1:] > p[:-1]).all())
+    blocks = (rows // 2) * 23 + cols // 2
+    for b in blocks:  # each block exactly once
+        assert sorted(b.tolist()) == list(range(19 * 23))
     torch.manual_seed(0)
-    assert torch.equal(points, sample_points(3, 37, 45, 0.25, "cpu", row_length=64))
-    assert sample_points(1, 4, 4, 1.0, "cpu").tolist() == [list(range(16))]
+    assert torch.equal(points, sample_points(3, 37, 45, 2, "cpu", row_length=64))
+    # every pixel of a block is drawn about equally often (uniform within the block)
+    many = sample_points(4000, 2, 2, 2, "cpu")
+    counts = torch.bincount(many.flatten(), minlength=4).float() / 4000
+    assert bool((counts - 0.25).abs().max() < 0.03), counts
+    assert sample_points(1, 4, 4, 1, "cpu").sort().values.tolist() == [list(range(16))]
 
 
 def test_training_scores_a_sample_of_the_pixels_and_the_labels_follow_it():
@@ -235,7 +241,7 @@ def test_training_scores_a_sample_of_the_pixels_and_the_labels_follow_it():
     target = torch.randint(0, 5, (2, 40, 52), generator=g)
     model.train()
     out = model(rgb, aux, target)
-    count = -(-40 * 52 // 4)  # detail_sample 0.25 by default
+    count = 20 * 26  # one pixel per 2x2 block by default
     assert out.logits.shape == (2, 5, count) and out.target.shape == (2, count)
     # the decoder's logits at sampled points are its full map's at those pixels
     model.eval()
@@ -244,7 +250,7 @@ def test_training_scores_a_sample_of_the_pixels_and_the_labels_follow_it():
         features, _ = model.forward_features(*padded, None)
         bands = torch.cat(padded, 1)
         torch.manual_seed(1)
-        points = sample_points(2, 40, 52, 0.25, "cpu", row_length=64)
+        points = sample_points(2, 40, 52, 2, "cpu", row_length=64)
         sampled = model.decoder(features, (64, 64), bands, points)
         full = model.decoder(features, (64, 64), bands)
     at_points = full.flatten(2).gather(2, points[:, None].expand(-1, 5, -1))
@@ -253,6 +259,66 @@ def test_training_scores_a_sample_of_the_pixels_and_the_labels_follow_it():
     assert model(rgb, aux).logits.shape == (2, 5, 40, 52)
     model.train()
     assert model(rgb, aux).logits.shape == (2, 5, 40, 52)
-    every = build_model(tiny(num_classes=5, aux_channels=2, detail_path=True, detail_sample=1))
+    every = build_model(
+        tiny(num_classes=5, aux_channels=2, detail_path=True, detail_sample_block=1)
+    )
     assert every.train()(rgb, aux, target).logits.shape == (2, 5, 40, 52)
     assert every(rgb, aux, target).target is None
+
+
+def trained_looking(model):
+    """``model`` with its detail path's classifier drawn at random (as if trained)."""
+    with torch.no_grad():
+        for module in (model.decoder.detail.classifier,):
+            torch.nn.init.normal_(module.weight)
+            torch.nn.init.normal_(module.bias)
+    return model.eval()
+
+
+@pytest.mark.parametrize("variant", ["gopt", "pixel"])
+def test_keep_computes_the_per_pixel_part_in_the_boxes_only_and_the_same_there(variant):
+    torch.manual_seed(0)
+    if variant == "pixel":
+        model = build_model(tiny(variant="pixel", aux_channels=3)).eval()
+    else:
+        model = trained_looking(build_model(tiny(aux_channels=3, detail_path=True)))
+    g = torch.Generator().manual_seed(0)
+    rgb, aux = torch.randn(2, 3, 40, 44, generator=g), torch.randn(2, 3, 40, 44, generator=g)
+    keep = [(4, 6, 20, 30), (0, 0, 40, 44)]
+    with torch.no_grad():
+        full = model(rgb, aux).logits
+        kept = model(rgb, aux, keep=keep).logits
+    for j, (r, c, h, w) in enumerate(keep):
+        torch.testing.assert_close(
+            kept[j, :, r : r + h, c : c + w], full[j, :, r : r + h, c : c + w]
+        )
+    assert not torch.allclose(kept[0, :, :4], full[0, :, :4])  # outside: not computed
+
+
+def test_a_prediction_with_margins_is_the_same_when_the_detail_path_skips_them(tmp_path):
+    from conftest import SYNTH_ROUTING
+
+    from gopt_geo.data.synthetic import make_scene
+    from gopt_geo.inference import PredictOptions, Predictor
+
+    scene = make_scene(tmp_path / "scene", "tile", size=(80, 72), seed=3)
+    torch.manual_seed(0)
+    config = tiny(num_classes=WHU_OPT_SAR_CLASSES.num_classes, aux_channels=3, detail_path=True)
+    predictor = Predictor(
+        trained_looking(build_model(config)), SYNTH_ROUTING, WHU_OPT_SAR_CLASSES, device="cpu"
+    )
+    options = PredictOptions(
+        window=32, overlap=0.25, margin=8, probabilities=True, vector=None, progress=False
+    )
+    maps, given = {}, []
+    forward = predictor.model.forward
+    predictor.model.forward = lambda *a, **k: given.append("keep" in k) or forward(*a, **k)
+    for takes_keep in (True, False):  # the margin skipped (the default), and computed
+        predictor.model.takes_keep = takes_keep
+        given.clear()
+        out = predictor.predict(scene.optical, scene.sar, tmp_path / f"out{takes_keep}", options)
+        assert given and set(given) == {takes_keep}
+        with rasterio.open(out.class_map) as a, rasterio.open(out.probabilities) as p:
+            maps[takes_keep] = (a.read(), p.read())
+    assert np.array_equal(maps[True][0], maps[False][0])
+    np.testing.assert_allclose(maps[True][1], maps[False][1], atol=1e-5)

@@ -76,7 +76,7 @@ from .options import PredictOptions
 from .reader import SceneReader
 from .report import PredictionStats
 from .sanity import check_inputs
-from .tiling import ModelForward, WindowPlan, stream_rows
+from .tiling import Keep, ModelForward, WindowPlan, stream_rows
 
 #: Model variants whose model ignores the auxiliary input (``models/variants.py``, the one
 #: table of them): they predict without SAR; the SAR bands are fed as their training means
@@ -405,6 +405,7 @@ class Predictor:
             self.classes.num_classes,
             self.device,
             on_batch=bar.update,
+            cores=_takes_keep(self.model) and plan.margin > 0,
         )
         # closing: the read in flight ends before the reader's files close, even on error
         with bar, closing(batches), closing(rows):
@@ -427,18 +428,28 @@ class Predictor:
 
     @torch.inference_mode()
     def _infer(
-        self, images: torch.Tensor, valid: torch.Tensor, pad_sar: int = 0, context: Any = None
+        self,
+        images: torch.Tensor,
+        valid: torch.Tensor,
+        keep: Keep | None = None,
+        *,
+        pad_sar: int = 0,
+        context: Any = None,
     ) -> torch.Tensor:
         """The model's logits [B, K, h, w] for a batch of windows (the tiling's
         ``model_forward``); invalid pixels are fed as band means (0 after normalising), and
-        so are ``pad_sar`` SAR bands a model that ignores them was not given."""
+        so are ``pad_sar`` SAR bands a model that ignores them was not given. ``keep``:
+        the boxes the tiling keeps, passed to a model that takes them (`_takes_keep`)."""
         if pad_sar:
             b, _, h, w = images.shape
             images = torch.cat([images, images.new_full((b, pad_sar, h, w), float("nan"))], 1)
         rgb, aux = self.routing.prepare(images)
         rgb = torch.where(valid[:, None], rgb, 0.0)  # also clears NaN, which would spread
         aux = torch.where(valid[:, None], aux, 0.0)
-        out = self.model(rgb, aux) if context is None else self.model(rgb, aux, context=context)
+        extra: dict[str, Any] = {} if context is None else {"context": context}
+        if keep is not None:
+            extra["keep"] = keep
+        out = self.model(rgb, aux, **extra)
         logits = out.logits if hasattr(out, "logits") else out
         if logits.shape[1] != self.classes.num_classes:
             raise RuntimeError(
@@ -448,12 +459,18 @@ class Predictor:
         return logits.float()
 
 
+def _takes_keep(model: Any) -> bool:
+    """Whether ``model`` takes ``keep`` (`SegmentationModel.takes_keep`): its per-pixel
+    work then skips each window's margin, which the tiling cuts off anyway."""
+    return bool(getattr(model, "takes_keep", False))
+
+
 def _timed(forward: ModelForward, report: Callable[[int, float], object]) -> ModelForward:
     """``forward`` that tells ``report`` how many windows it took and how long it ran."""
 
-    def timed(images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def timed(images: torch.Tensor, valid: torch.Tensor, *keep: Any) -> torch.Tensor:
         start = time.perf_counter()
-        logits = forward(images, valid)
+        logits = forward(images, valid, *keep)
         report(int(images.shape[0]), time.perf_counter() - start)
         return logits
 

@@ -51,7 +51,9 @@ ROW_CHUNK = 64
 #: ``model_forward(images [B, C, h, w], valid [B, h, w]) -> logits [B, K, h, w]``, all on
 #: the device; ``h, w`` are the enlarged window's size (window + 2 x margin, at most the
 #: grid's; grids smaller than a window arrive padded to the window).
-ModelForward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ModelForward = Callable[..., torch.Tensor]  # (images, valid[, keep]) -> logits
+#: Per window of a batch, (row, col, height, width) of the pixels that will be kept.
+Keep = Sequence[tuple[int, int, int, int]]
 #: One batch of windows: the windows read (:meth:`WindowPlan.read_windows`), their pixels
 #: [B, C, h, w] and validity [B, h, w].
 Batch = tuple[Sequence[Window], np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]
@@ -287,17 +289,22 @@ class RowStrip:
 
 
 def _forward_padded(
-    model_forward: ModelForward, images: torch.Tensor, valid: torch.Tensor, window: int
+    model_forward: ModelForward,
+    images: torch.Tensor,
+    valid: torch.Tensor,
+    window: int,
+    keep: Keep | None = None,
 ) -> torch.Tensor:
     """``model_forward`` on window-sized inputs: a grid smaller than a window is padded
-    (reflected where it can be, else replicated) and the logits are cropped back."""
+    (reflected where it can be, else replicated) and the logits are cropped back; ``keep``
+    is passed on when given (padding is added at the bottom and right: boxes still hold)."""
     h, w = images.shape[-2:]
     pad_h, pad_w = max(0, window - h), max(0, window - w)
     if pad_h or pad_w:
         mode = "reflect" if pad_h < h and pad_w < w else "replicate"
         images = F.pad(images, (0, pad_w, 0, pad_h), mode=mode)
         valid = F.pad(valid[:, None].float(), (0, pad_w, 0, pad_h), mode=mode)[:, 0] > 0.5
-    logits = model_forward(images, valid)
+    logits = model_forward(images, valid) if keep is None else model_forward(images, valid, keep)
     expected = (images.shape[0], images.shape[-2], images.shape[-1])
     if logits.ndim != 4 or (logits.shape[0], *logits.shape[-2:]) != expected:
         raise ValueError(
@@ -313,6 +320,7 @@ def _forward_valid(
     valid: torch.Tensor,
     window: int,
     num_classes: int,
+    keep: Keep | None = None,
 ) -> torch.Tensor:
     """:func:`_forward_padded` on the windows that hold a valid pixel; zeros for the rest.
 
@@ -320,15 +328,16 @@ def _forward_valid(
     window that read it found it valid), so its logits are never looked at: a scene's
     nodata border or an empty scene costs reading, not the model.
     """
-    keep = valid.flatten(1).any(1)
-    if bool(keep.all()):
-        return _forward_padded(model_forward, images, valid, window)
+    run = valid.flatten(1).any(1)
+    if bool(run.all()):
+        return _forward_padded(model_forward, images, valid, window, keep)
     shape = (images.shape[0], num_classes, *images.shape[-2:])
-    if not bool(keep.any()):
+    if not bool(run.any()):
         return torch.zeros(shape, device=images.device)
-    part = _forward_padded(model_forward, images[keep], valid[keep], window)
+    boxes = None if keep is None else [b for b, r in zip(keep, run.tolist(), strict=True) if r]
+    part = _forward_padded(model_forward, images[run], valid[run], window, boxes)
     logits = part.new_zeros((images.shape[0], *part.shape[1:]))
-    logits[keep] = part
+    logits[run] = part
     return logits
 
 
@@ -342,6 +351,7 @@ def stream_rows(
     *,
     on_batch: Callable[[int], object] | None = None,
     chunk: int = ROW_CHUNK,
+    cores: bool = False,
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Blend the windows of ``plan`` and yield the grid's rows as soon as they are final.
 
@@ -353,7 +363,10 @@ def stream_rows(
     ``(row0, logits [K, n, W], valid [n, W])``: blended logits and validity (every window
     that read a pixel found it valid) of rows ``row0 .. row0 + n``, top to bottom, each row
     exactly once, at most ``chunk`` rows at a time. ``on_batch(n)`` is called after each
-    batch of ``n`` windows is blended (a progress bar).
+    batch of ``n`` windows is blended (a progress bar). ``cores``: ``model_forward`` also
+    takes ``keep``, a (row, col, height, width) box per window of the pixels that will be
+    kept (its core; `Keep`), and may leave the logits outside them unfinished: a model's
+    per-pixel work (the detail path) then skips the margin.
     """
     device = torch.device(device)
     weight = blend_weight(plan.tile_height, plan.tile_width).to(device)
@@ -363,19 +376,25 @@ def stream_rows(
     for windows, images, valid in batches:
         x = torch.as_tensor(images).to(device, non_blocking=True)
         v = torch.as_tensor(valid).to(device)
-        logits = _forward_valid(model_forward, x, v, plan.window, num_classes)
-        if logits.shape[1] != num_classes:
-            raise ValueError(f"model_forward returned {logits.shape[1]} classes, not {num_classes}")
-        for j, win in enumerate(windows):
+        batch_tiles = []
+        for win in windows:
             tile = next(tiles, None)
             if tile is None or win != tile.read:
                 raise ValueError(
                     f"window {win} is not the plan's next window to read "
                     f"({tile.read if tile else 'none left'}); give plan.read_windows() in order"
                 )
+            batch_tiles.append(tile)
+        offsets = [
+            (int(t.core.row_off - t.read.row_off), int(t.core.col_off - t.read.col_off))
+            for t in batch_tiles
+        ]
+        keep = [(r, c, h, w) for r, c in offsets] if cores else None
+        logits = _forward_valid(model_forward, x, v, plan.window, num_classes, keep)
+        if logits.shape[1] != num_classes:
+            raise ValueError(f"model_forward returned {logits.shape[1]} classes, not {num_classes}")
+        for j, (tile, (r, c)) in enumerate(zip(batch_tiles, offsets, strict=True)):
             core = tile.core
-            r = int(core.row_off - tile.read.row_off)
-            c = int(core.col_off - tile.read.col_off)
             yield from strip.drain(int(core.row_off), chunk)
             strip.add(core, logits[j, :, r : r + h, c : c + w], weight, v[j, r : r + h, c : c + w])
         if on_batch is not None:

@@ -13,6 +13,7 @@ decoder: it overrides `build_modules` and `forward`, and keeps the bookkeeping.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,7 @@ class SegmentationOutput:
 
     def labels(self, target: Tensor) -> Tensor:
         """What ``logits`` are to be scored against: the sampled pixels' labels when
-        training sampled (``model.detail_sample`` < 1), else ``target`` itself."""
+        training sampled (``model.detail_sample_block`` > 1), else ``target`` itself."""
         return target if self.target is None else self.target
 
 
@@ -132,14 +133,25 @@ class SegmentationModel(nn.Module):
         what `scene_context` returned (None: everything from these inputs)."""
         raise NotImplementedError
 
+    #: `forward` takes ``keep`` (the predictor then passes each window's core).
+    takes_keep = True
+
     def forward(
-        self, rgb: Tensor, aux: Tensor, target: Tensor | None = None, context: Any = None
+        self,
+        rgb: Tensor,
+        aux: Tensor,
+        target: Tensor | None = None,
+        context: Any = None,
+        keep: Sequence[tuple[int, int, int, int]] | None = None,
     ) -> SegmentationOutput:
         """``rgb`` [B,3,H,W] and ``aux`` [B,A,H,W] normalised, ``target`` [B,H,W] (optional,
         IGNORE_INDEX ignored) -> logits [B,classes,H,W]. Any H, W: inputs are padded to the
         backbone's stride and the logits cropped back. ``context``: `scene_context` of the
         scene these windows come from, for window-independent predictions (None: each
-        window on its own, as in training)."""
+        window on its own, as in training). ``keep``: per image, the (row, col, height,
+        width) box whose logits will be used (a window's core, when predicting): the detail
+        path's per-pixel work runs there only, and outside it the logits are the decoder's
+        alone; None: everywhere."""
         self._check_inputs(rgb, aux, target)
         h, w = rgb.shape[-2:]
         divisor = self.backbone.size_divisor
@@ -152,14 +164,14 @@ class SegmentationModel(nn.Module):
         bands = points = None
         if self.decoder.detail is not None:
             bands = torch.cat([rgb, aux], dim=1) if self.reads_aux else rgb
-            if self.training and target is not None and self.config.detail_sample < 1:
+            block = self.config.detail_sample_block
+            if self.training and target is not None and block > 1:
                 # the loss scores a sample of the pixels (decoder.sample_points), drawn
                 # from the image, not its padding
-                share = self.config.detail_sample
-                points = sample_points(len(rgb), h, w, share, rgb.device, size[1])
+                points = sample_points(len(rgb), h, w, block, rgb.device, size[1])
                 logits = self.decoder(features, size, bands, points)
                 return SegmentationOutput(logits, losses, target.flatten(1).gather(1, points))
-        logits = self.decoder(features, size, bands)
+        logits = self.decoder(features, size, bands, keep=keep)
         return SegmentationOutput(logits[..., :h, :w], losses)
 
     @property

@@ -108,9 +108,9 @@ class ModelConfig:
     # roads) can be mapped; False: logits at 1/4, upsampled (the paper)
     detail_dim: int = 48  # its width: 16 and 24 fell short of the per-pixel yardstick on
     # water (benchmarks/at_the_pixel.py), 48 is the demo decoder's (and the yardstick's) width
-    detail_sample: float = 0.25  # share of each training patch's pixels the loss scores
-    # when the detail path is on (decoder.sample_points); 1: every pixel. Validation and
-    # prediction score every pixel either way
+    detail_sample_block: int = 2  # with the detail path, training's loss scores one random
+    # pixel in every block of this many x this many (2: a quarter; decoder.sample_points);
+    # 1: every pixel. Validation and prediction score every pixel either way
 
     def __post_init__(self) -> None:
         problems = []
@@ -130,6 +130,7 @@ class ModelConfig:
             "prompt_heads",
             "context_size",
             "detail_dim",
+            "detail_sample_block",
         ):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -138,8 +139,6 @@ class ModelConfig:
         if self.aux_channels < 0 or (self.aux_channels == 0 and needs_aux):
             who = "GoPT" if self.variant == "gopt" else self.variant
             problems.append(f"aux_channels must be >= 1 for {who}, got {self.aux_channels}")
-        if not 0 < self.detail_sample <= 1:
-            problems.append(f"detail_sample must be in (0, 1], got {self.detail_sample}")
         if self.num_groups is not None and self.num_groups < 1:
             problems.append(f"num_groups must be >= 1, got {self.num_groups}")
         if self.tau <= 0:

@@ -15,6 +15,7 @@ alone, so it does not depend on the window either.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -40,10 +41,23 @@ class PixelSegmenter(SegmentationModel):
         self.classifier = nn.Conv2d(width, config.num_classes, kernel_size=1)
 
     def forward(
-        self, rgb: Tensor, aux: Tensor, target: Tensor | None = None, context: Any = None
+        self,
+        rgb: Tensor,
+        aux: Tensor,
+        target: Tensor | None = None,
+        context: Any = None,
+        keep: Sequence[tuple[int, int, int, int]] | None = None,
     ) -> SegmentationOutput:
-        """See `SegmentationModel.forward`; any H, W, no padding (nothing has a stride)."""
+        """See `SegmentationModel.forward`; any H, W, no padding (nothing has a stride).
+        With ``keep``, only the boxes are computed (zeros elsewhere: a pixel needs no
+        context, so a window's margin is wasted work)."""
         self._check_inputs(rgb, aux, target)
-        return SegmentationOutput(
-            apply_pixel_mlp(self.mlp, self.classifier, torch.cat([rgb, aux], dim=1))
-        )
+        bands = torch.cat([rgb, aux], dim=1)
+        if keep is None:
+            return SegmentationOutput(apply_pixel_mlp(self.mlp, self.classifier, bands))
+        b, _, h, w = bands.shape
+        logits = bands.new_zeros(b, self.config.num_classes, h, w)
+        for j, (r, c, bh, bw) in enumerate(keep):
+            box = (slice(j, j + 1), slice(None), slice(r, r + bh), slice(c, c + bw))
+            logits[box] = apply_pixel_mlp(self.mlp, self.classifier, bands[box])
+        return SegmentationOutput(logits)
