@@ -42,6 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..adapter import read_adapter_metadata
+from ..constants import Keep
 from ..data.bands import BandRouting
 from ..data.classes import ClassScheme
 from ..errors import InputError
@@ -76,7 +77,7 @@ from .options import PredictOptions
 from .reader import SceneReader
 from .report import PredictionStats
 from .sanity import check_inputs
-from .tiling import Keep, ModelForward, WindowPlan, stream_rows
+from .tiling import ModelForward, WindowPlan, stream_rows
 
 #: Model variants whose model ignores the auxiliary input (``models/variants.py``, the one
 #: table of them): they predict without SAR; the SAR bands are fed as their training means

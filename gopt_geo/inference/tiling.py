@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from rasterio.windows import Window
 
+from ..constants import Keep
 from ..errors import InputError
 
 #: Smallest value of the 1-D blending weight: never exactly zero, so that pixels on the
@@ -52,8 +53,6 @@ ROW_CHUNK = 64
 #: the device; ``h, w`` are the enlarged window's size (window + 2 x margin, at most the
 #: grid's; grids smaller than a window arrive padded to the window).
 ModelForward = Callable[..., torch.Tensor]  # (images, valid[, keep]) -> logits
-#: Per window of a batch, (row, col, height, width) of the pixels that will be kept.
-Keep = Sequence[tuple[int, int, int, int]]
 #: One batch of windows: the windows read (:meth:`WindowPlan.read_windows`), their pixels
 #: [B, C, h, w] and validity [B, h, w].
 Batch = tuple[Sequence[Window], np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]

@@ -13,14 +13,13 @@ decoder: it overrides `build_modules` and `forward`, and keeps the bookkeeping.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from gopt_geo.constants import IGNORE_INDEX
+from gopt_geo.constants import IGNORE_INDEX, Keep
 from gopt_geo.errors import InputError
 from gopt_geo.models.backbone import FrozenBackbone, InjectionPoint, pad_to_multiple
 from gopt_geo.models.config import (
@@ -142,7 +141,7 @@ class SegmentationModel(nn.Module):
         aux: Tensor,
         target: Tensor | None = None,
         context: Any = None,
-        keep: Sequence[tuple[int, int, int, int]] | None = None,
+        keep: Keep | None = None,
     ) -> SegmentationOutput:
         """``rgb`` [B,3,H,W] and ``aux`` [B,A,H,W] normalised, ``target`` [B,H,W] (optional,
         IGNORE_INDEX ignored) -> logits [B,classes,H,W]. Any H, W: inputs are padded to the

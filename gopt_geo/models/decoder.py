@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gopt_geo.constants import Keep
+
 
 def pixel_mlp(in_bands: int, width: int, layers: int = 2) -> nn.Sequential:
     """``layers`` x (1x1 conv, batch norm, ReLU), ``width`` wide: a per-pixel MLP over the
@@ -158,7 +160,7 @@ class DetailHead(nn.Module):
         logits: Tensor,
         bands: Tensor,
         points: Tensor | None = None,
-        keep: Sequence[tuple[int, int, int, int]] | None = None,
+        keep: Keep | None = None,
     ) -> Tensor:
         """``logits`` [B, classes, H, W] (the decoder's, upsampled), ``bands`` [B,
         in_bands, H, W] -> logits [B, classes, H, W]; with ``points`` [B, P] (flat pixel
@@ -244,7 +246,7 @@ class MultiLevelDecoder(nn.Module):
         size: tuple[int, int],
         bands: Tensor | None = None,
         points: Tensor | None = None,
-        keep: Sequence[tuple[int, int, int, int]] | None = None,
+        keep: Keep | None = None,
     ) -> Tensor:
         """``features`` [B, C_i, h_i, w_i]; ``size`` (H, W) of the input; ``bands`` [B, A+3,
         H, W] (the detail path's input; ignored without one) -> [B, classes, H, W]; with

@@ -15,12 +15,12 @@ alone, so it does not depend on the window either.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from gopt_geo.constants import Keep
 from gopt_geo.models.base import SegmentationModel, SegmentationOutput
 from gopt_geo.models.decoder import apply_pixel_mlp, pixel_mlp
 
@@ -46,7 +46,7 @@ class PixelSegmenter(SegmentationModel):
         aux: Tensor,
         target: Tensor | None = None,
         context: Any = None,
-        keep: Sequence[tuple[int, int, int, int]] | None = None,
+        keep: Keep | None = None,
     ) -> SegmentationOutput:
         """See `SegmentationModel.forward`; any H, W, no padding (nothing has a stride).
         With ``keep``, only the boxes are computed (zeros elsewhere: a pixel needs no
