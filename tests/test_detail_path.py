@@ -25,7 +25,13 @@ from gopt_geo.data.classes import WHU_OPT_SAR_CLASSES
 from gopt_geo.errors import InputError
 from gopt_geo.models import ModelConfig, build_model
 from gopt_geo.models.backbone import pad_to_multiple
-from gopt_geo.models.decoder import PREDICT_CHUNK, apply_pixel_mlp, pixel_mlp, sample_points
+from gopt_geo.models.decoder import (
+    PREDICT_CHUNK,
+    apply_pixel_mlp,
+    pixel_mlp,
+    sample_points,
+    upsample_at,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::gopt_geo.models.RandomBackboneWarning")
 
@@ -322,3 +328,13 @@ def test_a_prediction_with_margins_is_the_same_when_the_detail_path_skips_them(t
             maps[takes_keep] = (a.read(), p.read())
     assert np.array_equal(maps[True][0], maps[False][0])
     np.testing.assert_allclose(maps[True][1], maps[False][1], atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (37, 45), (5, 130)])
+def test_upsampling_at_points_is_interpolate_at_those_pixels(size):
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.randn(2, 3, -(-size[0] // 4), -(-size[1] // 4), generator=g)
+    full = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+    points = torch.stack([torch.randperm(size[0] * size[1], generator=g)[:50] for _ in range(2)])
+    at_points = full.flatten(2).gather(2, points[:, None].expand(-1, 3, -1))
+    torch.testing.assert_close(upsample_at(coarse, size, points), at_points)
