@@ -192,7 +192,8 @@ def main() -> None:
             C.machine_line(m),
             "",
             f"Detail path `detail_dim` {args.detail_dim}, training scores one pixel per "
-            f"{ModelConfig().detail_sample_block}² block (`model.detail_sample_block`; 1: every "
+            f"{ModelConfig().detail_sample_block}x{ModelConfig().detail_sample_block} block "
+            "(`model.detail_sample_block`; 1: every "
             f"pixel); calls interleaved one by one, {args.rounds} x repeats each, ratios are "
             "medians of per-call ratios (target: <= 1.15x). `predict`: window "
             f"{args.window}, default margin, {args.predict_rounds} interleaved calls of each.",

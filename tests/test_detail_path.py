@@ -111,6 +111,7 @@ def test_every_decoder_variant_has_it_and_an_untrained_one_changes_nothing(varia
     out = detailed(rgb, aux, torch.randint(0, 7, (2, 37, 45), generator=g))
     (out.logits.mean() + sum(out.losses.values())).backward()
     assert detailed.decoder.detail.classifier.weight.grad.abs().sum() > 0
+    assert detailed.decoder.detail.gate.bias.grad.abs().sum() > 0  # the gate learns too
 
 
 @pytest.mark.parametrize("variant", ["optical_only", "static_prompt", "optical_all_bands"])
@@ -273,9 +274,10 @@ def test_training_scores_a_sample_of_the_pixels_and_the_labels_follow_it():
 
 
 def trained_looking(model):
-    """``model`` with its detail path's classifier drawn at random (as if trained)."""
+    """``model`` with its detail path's classifier and gate drawn at random (as if
+    trained)."""
     with torch.no_grad():
-        for module in (model.decoder.detail.classifier,):
+        for module in (model.decoder.detail.classifier, model.decoder.detail.gate):
             torch.nn.init.normal_(module.weight)
             torch.nn.init.normal_(module.bias)
     return model.eval()
@@ -338,3 +340,30 @@ def test_upsampling_at_points_is_interpolate_at_those_pixels(size):
     points = torch.stack([torch.randperm(size[0] * size[1], generator=g)[:50] for _ in range(2)])
     at_points = full.flatten(2).gather(2, points[:, None].expand(-1, 3, -1))
     torch.testing.assert_close(upsample_at(coarse, size, points), at_points)
+
+
+def test_an_adapter_written_before_the_gate_loads_and_predicts_as_it_was_trained(tmp_path):
+    # the detail path summed the decoder's logits and the MLP's before it had a gate; a
+    # zero gate is that sum, so such an adapter loads with one and maps as before
+    torch.manual_seed(0)
+    model = trained_looking(build_model(tiny(aux_channels=3, detail_path=True)))
+    with torch.no_grad():
+        model.decoder.detail.gate.weight.zero_()
+        model.decoder.detail.gate.bias.zero_()
+    routing = BandRouting(("B", "G", "R", "NIR"), ("VV", "VH"))
+    path = tmp_path / "before_gate.safetensors"
+    save_adapter(
+        path, model, {"routing": routing.to_dict(), "classes": WHU_OPT_SAR_CLASSES.to_dict()}
+    )
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = safetensors.torch.load_file(str(path))
+    gate = {k for k in tensors if k.startswith("decoder.detail.gate.")}
+    assert gate == {"decoder.detail.gate.weight", "decoder.detail.gate.bias"}
+    tensors = {k: v for k, v in tensors.items() if k not in gate}
+    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+    loaded, _ = load_adapter(path)
+    g = torch.Generator().manual_seed(0)
+    rgb, aux = torch.randn(1, 3, 40, 40, generator=g), torch.randn(1, 3, 40, 40, generator=g)
+    with torch.no_grad():
+        assert torch.equal(loaded(rgb, aux).logits, model(rgb, aux).logits)

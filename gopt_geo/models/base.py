@@ -52,6 +52,9 @@ class SegmentationOutput:
 
 #: Tensors only the first design of the detail path had.
 FIRST_DETAIL_KEYS = ("decoder.detail.stem.", "decoder.detail.context.", "decoder.detail.mix.")
+#: The detail path's gate, which adapters written before it lack: a zero gate is the
+#: plain sum those adapters were trained with, so they load with one.
+DETAIL_GATE_KEYS = ("decoder.detail.gate.weight", "decoder.detail.gate.bias")
 
 
 class SegmentationModel(nn.Module):
@@ -252,6 +255,8 @@ class SegmentationModel(nn.Module):
     def load_trainable_state_dict(self, state: dict[str, Tensor], source: str = "state") -> None:
         """Load ``trainable_state_dict`` output strictly: same keys, same shapes."""
         expected = self.trainable_state_dict()
+        if all(k in expected and k not in state for k in DETAIL_GATE_KEYS):
+            state = {**state, **{k: torch.zeros_like(expected[k]) for k in DETAIL_GATE_KEYS}}
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:

@@ -16,7 +16,7 @@ Counted in GoPT's trainable budget, so it stays small: one 1x1 projection per le
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +50,15 @@ def pixel_mlp(in_bands: int, width: int, layers: int = 2) -> nn.Sequential:
 PREDICT_CHUNK = 16384
 
 
-def pixel_logits(mlp: nn.Sequential, classifier: nn.Conv2d, flat: Tensor) -> Tensor:
+class OutputLayer(NamedTuple):
+    """A 1x1 layer's tensors: what `pixel_logits` reads of a classifier (a ``nn.Conv2d``
+    has the same two attributes)."""
+
+    weight: Tensor  # [out, in] or [out, in, 1, 1]
+    bias: Tensor | None
+
+
+def pixel_logits(mlp: nn.Sequential, classifier: nn.Conv2d | OutputLayer, flat: Tensor) -> Tensor:
     """`pixel_mlp` then ``classifier`` on pixels ``flat`` [N, C] -> logits [N, classes],
     as matrix products with the same tensors (and the same batch-norm statistics and
     running averages) as the 1x1 convolutions.
@@ -86,7 +94,7 @@ def pixel_logits(mlp: nn.Sequential, classifier: nn.Conv2d, flat: Tensor) -> Ten
 
 
 def _pixel_logits_folded(
-    pairs: list[tuple[nn.Module, nn.Module]], classifier: nn.Conv2d, flat: Tensor
+    pairs: list[tuple[nn.Module, nn.Module]], classifier: nn.Conv2d | OutputLayer, flat: Tensor
 ) -> Tensor:
     """`pixel_logits` for prediction: y = relu(s * (W x) + t) is relu((s W) x + t) with
     s = gamma / sqrt(running_var + eps), t = beta - running_mean * s; chunked over pixels
@@ -110,7 +118,7 @@ def _pixel_logits_folded(
     return out
 
 
-def apply_pixel_mlp(mlp: nn.Sequential, classifier: nn.Conv2d, x: Tensor) -> Tensor:
+def apply_pixel_mlp(mlp: nn.Sequential, classifier: nn.Conv2d | OutputLayer, x: Tensor) -> Tensor:
     """`pixel_logits` over every pixel of ``x`` [B, C, H, W] -> [B, classes, H, W]."""
     b, c, h, w = x.shape
     flat = pixel_logits(mlp, classifier, x.permute(0, 2, 3, 1).reshape(-1, c))
@@ -142,14 +150,22 @@ def gather_pixels(x: Tensor, points: Tensor) -> Tensor:
 
 class DetailHead(nn.Module):
     """The full-resolution part of the detail path: per-pixel logits from every band,
-    added to the decoder's upsampled logits.
+    added to the decoder's upsampled logits, which a per-pixel gate weighs.
 
     ``mlp`` (`pixel_mlp`, ``dim`` wide, two hidden layers) -> ``classifier`` (1x1 conv):
     the ``pixel`` yardstick's own model, trained jointly with the decoder, whose logits
-    it corrects. The sum is the whole fusion: the decoder's logits carry the context
-    (what a pixel's neighbourhood says), the MLP's the pixel (what its bands say), and
-    where a thin river crosses a field the pixel's evidence can outvote the blurred
-    context.
+    it corrects: logits = classifier(h) + 2 sigmoid(gate(h)) x decoder's logits, h the
+    MLP's features of the pixel. The decoder's logits carry the context (what a pixel's
+    neighbourhood says), the MLP's the pixel (what its bands say); where a thin river
+    crosses a field, or at the ragged edge of a town block, the bilinearly upsampled
+    context is wrong on a band of pixels, and the gate lets the pixel's own evidence
+    turn it down there instead of outvoting it (gated fusion, as in GFF, Li et al.,
+    2020). The gate starts at zero, i.e. weight 1: the plain sum.
+
+    The gate was measured on two held-out scenes nobody had tuned on (at_the_pixel.py,
+    seeds 4321 and 777, 2 training seeds each): 79.2 vs 78.5 and 79.1 vs 78.6 mIoU over
+    the plain sum, better on all four runs; town IoU 98.2 vs 97.1 (the per-pixel
+    yardstick 97.8) and 98.5 vs 98.3, water +1.0 and +0.9, roads +1.3 and +2.1.
 
     What was measured before settling on this (benchmarks/at_the_pixel.py, held-out
     scene, one seed, 8 epochs; mIoU / thin-feature pixels right / water IoU): the first
@@ -169,8 +185,25 @@ class DetailHead(nn.Module):
         super().__init__()
         self.mlp = pixel_mlp(in_bands, dim)
         self.classifier = nn.Conv2d(dim, num_classes, kernel_size=1)
-        nn.init.zeros_(self.classifier.weight)
-        nn.init.zeros_(self.classifier.bias)
+        self.gate = nn.Conv2d(dim, 1, kernel_size=1)
+        for layer in (self.classifier, self.gate):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def _output(self) -> OutputLayer:
+        """The classifier and the gate as one layer: one matrix product gives both."""
+        return OutputLayer(
+            torch.cat([self.classifier.weight, self.gate.weight]),
+            torch.cat([self.classifier.bias, self.gate.bias]),
+        )
+
+    @staticmethod
+    def _fuse(detail: Tensor, logits: Tensor) -> Tensor:
+        """``detail`` [B, classes + 1, ...] (logits, then the gate's input) and the
+        decoder's ``logits`` [B, classes, ...] -> the fused logits."""
+        classes = logits.shape[1]
+        gate = 2 * torch.sigmoid(detail[:, classes:])
+        return torch.addcmul(detail[:, :classes], gate, logits)
 
     def forward(
         self,
@@ -185,17 +218,18 @@ class DetailHead(nn.Module):
         ``logits`` the decoder's at those pixels, [B, classes, P]); with
         ``keep`` (a (row, col, height, width) box per image) corrected inside the boxes
         only, where a prediction's tiling keeps them (a per-pixel path needs no margin)."""
+        output = self._output()
         if keep is not None:
             for j, (r, c, h, w) in enumerate(keep):
                 box = (slice(j, j + 1), slice(None), slice(r, r + h), slice(c, c + w))
-                logits[box] += apply_pixel_mlp(self.mlp, self.classifier, bands[box])
+                logits[box] = self._fuse(apply_pixel_mlp(self.mlp, output, bands[box]), logits[box])
             return logits
         if points is None:
-            return apply_pixel_mlp(self.mlp, self.classifier, bands).add_(logits)
+            return self._fuse(apply_pixel_mlp(self.mlp, output, bands), logits)
         b, c = bands.shape[:2]
         pixels = gather_pixels(bands, points).permute(0, 2, 1).reshape(-1, c)
-        detail = pixel_logits(self.mlp, self.classifier, pixels)
-        return detail.reshape(b, -1, detail.shape[1]).permute(0, 2, 1) + logits
+        detail = pixel_logits(self.mlp, output, pixels)
+        return self._fuse(detail.reshape(b, -1, detail.shape[1]).permute(0, 2, 1), logits)
 
 
 def sample_points(
