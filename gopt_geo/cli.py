@@ -478,7 +478,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo-output"),
     fast: Annotated[
         bool,
-        typer.Option(help="Smaller scenes, fewer steps: about 1.3 min on 2 CPU cores, not 3.5."),
+        typer.Option(help="Smaller scenes, fewer steps: about 1 min on 2 CPU cores, not 3.5."),
     ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     overwrite: Annotated[

@@ -128,20 +128,28 @@ def test_the_detail_path_reads_only_the_bands_the_variant_reads(variant):
     assert bool(changed.any()) == model.reads_aux
 
 
-def test_an_adapter_written_before_the_detail_path_loads_with_it_off(tmp_path):
-    model = build_model(tiny()).eval()
+def older_adapter(path, model, *, tensors=None, model_fields=()):
+    """``model`` saved as an adapter at ``path``, then rewritten as an older gopt-geo
+    wrote it: ``tensors`` maps the saved tensors to the older ones; ``model_fields`` are
+    left out of the recorded model config."""
     routing = BandRouting(("B", "G", "R", "NIR"), ("VV", "VH"))
-    path = tmp_path / "old.safetensors"
-    save_adapter(
-        path, model, {"routing": routing.to_dict(), "classes": WHU_OPT_SAR_CLASSES.to_dict()}
-    )
-    # what an older gopt-geo wrote: no detail_path, no detail_dim
+    classes = WHU_OPT_SAR_CLASSES.to_dict()
+    save_adapter(path, model, {"routing": routing.to_dict(), "classes": classes})
     with safetensors.safe_open(str(path), framework="pt") as f:
         document = json.loads(f.metadata()[METADATA_KEY])
-    for field in ("detail_path", "detail_dim", "detail_sample_block"):
-        del document["model"][field]
-    tensors = safetensors.torch.load_file(str(path))
-    safetensors.torch.save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(document)})
+    for name in model_fields:
+        del document["model"][name]
+    saved = safetensors.torch.load_file(str(path))
+    saved = tensors(saved) if tensors else saved
+    safetensors.torch.save_file(saved, str(path), metadata={METADATA_KEY: json.dumps(document)})
+    return path
+
+
+def test_an_adapter_written_before_the_detail_path_loads_with_it_off(tmp_path):
+    model = build_model(tiny()).eval()
+    # what an older gopt-geo wrote: no detail_path, no detail_dim
+    fields = ("detail_path", "detail_dim", "detail_sample_block")
+    path = older_adapter(tmp_path / "old.safetensors", model, model_fields=fields)
 
     loaded, meta = load_adapter(path)
     assert meta.model.detail_path is False and loaded.decoder.detail is None
@@ -158,22 +166,14 @@ def test_detail_dim_is_checked():
 
 def test_an_adapter_with_the_first_detail_path_is_refused_with_a_hint(tmp_path):
     model = build_model(tiny(detail_path=True)).eval()
-    routing = BandRouting(("B", "G", "R", "NIR"), ("VV", "VH"))
-    path = tmp_path / "first.safetensors"
-    save_adapter(
-        path, model, {"routing": routing.to_dict(), "classes": WHU_OPT_SAR_CLASSES.to_dict()}
-    )
-    # the first design's tensors (3x3 stem, context, mix) in place of the MLP's
-    with safetensors.safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata()
-    tensors = {
-        k: v
-        for k, v in safetensors.torch.load_file(str(path)).items()
-        if not k.startswith("decoder.detail.mlp.")
-    }
-    tensors["decoder.detail.stem.weight"] = torch.zeros(48, 6, 3, 3)
-    tensors["decoder.detail.mix.weight"] = torch.zeros(48, 48, 1, 1)
-    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+
+    def first_design(tensors):  # the 3x3 stem, context and mix in place of the MLP
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("decoder.detail.mlp.")}
+        tensors["decoder.detail.stem.weight"] = torch.zeros(48, 6, 3, 3)
+        tensors["decoder.detail.mix.weight"] = torch.zeros(48, 48, 1, 1)
+        return tensors
+
+    path = older_adapter(tmp_path / "first.safetensors", model, tensors=first_design)
     with pytest.raises(InputError, match="first detail path.*retrain"):
         load_adapter(path)
 
@@ -350,18 +350,13 @@ def test_an_adapter_written_before_the_gate_loads_and_predicts_as_it_was_trained
     with torch.no_grad():
         model.decoder.detail.gate.weight.zero_()
         model.decoder.detail.gate.bias.zero_()
-    routing = BandRouting(("B", "G", "R", "NIR"), ("VV", "VH"))
-    path = tmp_path / "before_gate.safetensors"
-    save_adapter(
-        path, model, {"routing": routing.to_dict(), "classes": WHU_OPT_SAR_CLASSES.to_dict()}
-    )
-    with safetensors.safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata()
-    tensors = safetensors.torch.load_file(str(path))
-    gate = {k for k in tensors if k.startswith("decoder.detail.gate.")}
-    assert gate == {"decoder.detail.gate.weight", "decoder.detail.gate.bias"}
-    tensors = {k: v for k, v in tensors.items() if k not in gate}
-    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+    gate = {"decoder.detail.gate.weight", "decoder.detail.gate.bias"}
+
+    def without_gate(tensors):
+        assert gate <= set(tensors)
+        return {k: v for k, v in tensors.items() if k not in gate}
+
+    path = older_adapter(tmp_path / "before_gate.safetensors", model, tensors=without_gate)
     loaded, _ = load_adapter(path)
     g = torch.Generator().manual_seed(0)
     rgb, aux = torch.randn(1, 3, 40, 40, generator=g), torch.randn(1, 3, 40, 40, generator=g)
