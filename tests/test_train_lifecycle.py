@@ -46,8 +46,10 @@ def _snapshot(folder: Path) -> dict[str, str]:
     }
 
 
-def test_resume_equals_an_uninterrupted_run(scenes: Path, tmp_path: Path) -> None:
-    sets = ("train.epochs=4", "train.log_every_n_steps=1")
+@pytest.mark.parametrize("detail", [False, True])
+def test_resume_equals_an_uninterrupted_run(scenes: Path, tmp_path: Path, detail: bool) -> None:
+    # with the detail path, training also draws the pixels it scores (decoder.sample_points)
+    sets = ("train.epochs=4", "train.log_every_n_steps=1", f"model.detail_path={detail}")
     whole = train(tiny_config(scenes, tmp_path / "whole", *sets), **QUIET)
     cut = tmp_path / "cut"
     train(tiny_config(scenes, cut, *sets), callbacks=[StopAfter(2)], **QUIET)
