@@ -183,6 +183,12 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def mean(values: Sequence[float | None]) -> float:
+    """The mean of the values that are numbers (None and NaN left out); NaN if none are."""
+    good = [v for v in values if v is not None and v == v]
+    return statistics.fmean(good) if good else float("nan")
+
+
 def peak_rss_mib() -> float:
     """Peak resident set size of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

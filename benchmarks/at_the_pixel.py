@@ -124,13 +124,6 @@ def ndwi_rule(train_root: Path, test: Any, clouds: str) -> dict[str, Any]:
     }
 
 
-def _mean(values: list[float]) -> float:
-    import math
-
-    good = [v for v in values if v is not None and not math.isnan(v)]
-    return sum(good) / len(good) if good else float("nan")
-
-
 def _pct(v: float) -> str:
     return "-" if v != v else f"{100 * v:.1f}"
 
@@ -191,17 +184,18 @@ def main() -> None:
     table = []
     for row, runs in results.items():
         per_class = [
-            _pct(_mean([r["scores"]["overall"]["iou"][i] for r in runs])) for i in range(len(names))
+            _pct(C.mean([r["scores"]["overall"]["iou"][i] for r in runs]))
+            for i in range(len(names))
         ]
         table.append(
             [
                 ROWS[row][0],
                 len(runs),
                 f"{runs[0]['parameters']['trainable']:,}",
-                _pct(_mean([r["scores"]["overall"]["miou"] for r in runs])),
-                _pct(_mean([r["scores"]["overall"]["oa"] for r in runs])),
-                _pct(_mean([r["scores"]["clouds"]["miou"] for r in runs])),
-                _pct(_mean([r["thin"] for r in runs])),
+                _pct(C.mean([r["scores"]["overall"]["miou"] for r in runs])),
+                _pct(C.mean([r["scores"]["overall"]["oa"] for r in runs])),
+                _pct(C.mean([r["scores"]["clouds"]["miou"] for r in runs])),
+                _pct(C.mean([r["thin"] for r in runs])),
                 *per_class,
             ]
         )

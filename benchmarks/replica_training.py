@@ -425,10 +425,6 @@ def _signature(args: argparse.Namespace, mode: str, scenes: int) -> dict[str, An
     }
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
-
-
 def _fmt_s(seconds: float) -> str:
     return f"{seconds:.1f}" if seconds < 100 else f"{seconds:.0f}"
 
@@ -459,8 +455,8 @@ def report(data: dict[str, Any], args: argparse.Namespace, m: dict[str, Any]) ->
                 _fmt_s(r["process_to_first_step_s"]),
                 _fmt_s(r["train_call_to_first_step_s"]),
                 f"{steady:.2f}",
-                f"{_mean(waits) * 1000:.0f}",
-                f"{_mean(model_s) * 1000:.0f}",
+                f"{C.mean(waits) * 1000:.0f}",
+                f"{C.mean(model_s) * 1000:.0f}",
                 f"{r['peak_rss_mib']:.0f}",
                 f"{peaks['pss']:.0f}",
                 f"{peaks['anon']:.0f}",

@@ -15,7 +15,7 @@ Counted in GoPT's trainable budget, so it stays small: one 1x1 projection per le
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -142,6 +142,13 @@ def upsample_at(coarse: Tensor, size: tuple[int, int], points: Tensor) -> Tensor
     return sampled[:, :, 0]
 
 
+def box_slices(keep: Keep) -> Iterator[tuple[slice, slice, slice, slice]]:
+    """For each image j of a batch, the index of its ``keep`` box (row, col, height,
+    width) in a [B, C, H, W] tensor: what the models' per-pixel work is limited to."""
+    for j, (r, c, h, w) in enumerate(keep):
+        yield slice(j, j + 1), slice(None), slice(r, r + h), slice(c, c + w)
+
+
 def gather_pixels(x: Tensor, points: Tensor) -> Tensor:
     """``x`` [B, C, H, W] at ``points`` [B, P] (flat indices into H * W) -> [B, C, P]."""
     b, c = x.shape[:2]
@@ -221,8 +228,7 @@ class DetailHead(nn.Module):
         only, where a prediction's tiling keeps them (a per-pixel path needs no margin)."""
         output = self._output()
         if keep is not None:
-            for j, (r, c, h, w) in enumerate(keep):
-                box = (slice(j, j + 1), slice(None), slice(r, r + h), slice(c, c + w))
+            for box in box_slices(keep):
                 logits[box] = self._fuse(apply_pixel_mlp(self.mlp, output, bands[box]), logits[box])
             return logits
         if points is None:

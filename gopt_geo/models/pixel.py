@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from gopt_geo.constants import Keep
 from gopt_geo.models.base import SegmentationModel, SegmentationOutput
-from gopt_geo.models.decoder import apply_pixel_mlp, pixel_mlp
+from gopt_geo.models.decoder import apply_pixel_mlp, box_slices, pixel_mlp
 
 #: Hidden layers of the MLP: two, as in the usual per-pixel MLP baselines; one is close
 #: to logistic regression, more adds nothing a pixel's few bands can use.
@@ -57,7 +57,6 @@ class PixelSegmenter(SegmentationModel):
             return SegmentationOutput(apply_pixel_mlp(self.mlp, self.classifier, bands))
         b, _, h, w = bands.shape
         logits = bands.new_zeros(b, self.config.num_classes, h, w)
-        for j, (r, c, bh, bw) in enumerate(keep):
-            box = (slice(j, j + 1), slice(None), slice(r, r + bh), slice(c, c + bw))
+        for box in box_slices(keep):
             logits[box] = apply_pixel_mlp(self.mlp, self.classifier, bands[box])
         return SegmentationOutput(logits)
